@@ -1,0 +1,42 @@
+# reverse-udp-tunnel — see README.md. Every target is safe to run as often as you like.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+CARGO   ?= cargo
+BIN     := reverse-udp-tunnel
+RELEASE := target/release/$(BIN)
+
+.PHONY: build test unit e2e bench demo static install uninstall clean lint
+
+build:
+	$(CARGO) build --release
+
+# Everything CI runs: unit + integration tests (loopback), then the network-namespace suite.
+test: build
+	$(CARGO) test --release
+	$(MAKE) e2e
+
+unit:
+	$(CARGO) test --release
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+e2e: build
+	bash tests/e2e/run.sh $(RELEASE)
+
+bench:
+	$(CARGO) bench --bench tunnel
+
+demo: build
+	bash tests/demo.sh $(RELEASE)
+
+install: build
+	install -D -m 0755 $(RELEASE) $(DESTDIR)$(PREFIX)/bin/$(BIN)
+	install -D -m 0644 man/$(BIN).8 $(DESTDIR)$(PREFIX)/share/man/man8/$(BIN).8
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/$(BIN) $(DESTDIR)$(PREFIX)/share/man/man8/$(BIN).8
+
+clean:
+	$(CARGO) clean
