@@ -31,6 +31,16 @@ bench:
 demo: build
 	bash tests/demo.sh $(RELEASE)
 
+# Fully static, stripped binaries for routers and small hosts: target/static/$(BIN)-{x86_64,aarch64}.
+# aarch64 links with rust-lld (.cargo/config.toml); needs `rustup target add <arch>-unknown-linux-musl`.
+static:
+	$(CARGO) build --release --target x86_64-unknown-linux-musl
+	$(CARGO) build --release --target aarch64-unknown-linux-musl
+	mkdir -p target/static
+	cp target/x86_64-unknown-linux-musl/release/$(BIN) target/static/$(BIN)-x86_64
+	cp target/aarch64-unknown-linux-musl/release/$(BIN) target/static/$(BIN)-aarch64
+
+# Binary and man page; `man reverse-udp-tunnel` works once $(PREFIX)/share/man is on the man path.
 install: build
 	install -D -m 0755 $(RELEASE) $(DESTDIR)$(PREFIX)/bin/$(BIN)
 	install -D -m 0644 man/$(BIN).8 $(DESTDIR)$(PREFIX)/share/man/man8/$(BIN).8
