@@ -1,0 +1,477 @@
+//! The inside agent's coordinator: one thread that owns the tunnel table and the keepalive timer, keeps the
+//! spare pool full, and answers the relay. Tunnel threads (tunnel.rs) move the data and report events here.
+
+use crate::cli::{Config, HostPort};
+use crate::net;
+use crate::protocol::{Instance, Key, Kind, Message, LEN};
+use crate::stats::Drops;
+use crate::tunnel::Tunnel;
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use log::{debug, error, info, warn};
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Who this run of the inside agent is, shared with the tunnel threads.
+pub struct Identity {
+    pub key: Key,
+    pub instance: Instance,
+    /// One counter for the whole run, so messages of every tunnel are fresh whatever the clock says.
+    counter: AtomicU64,
+}
+
+impl Identity {
+    pub fn new(key: &[u8]) -> Identity {
+        Identity {
+            key: Key::new(key),
+            instance: Instance::random(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn seal(&self, kind: Kind, tunnel: u32, active: bool, cookie: [u8; 16]) -> [u8; LEN] {
+        let counter = self.counter.fetch_add(1, Relaxed) + 1;
+        let mut m = Message::new(kind, self.instance, tunnel, counter);
+        m.active = active;
+        m.cookie = cookie;
+        self.key.seal(&m)
+    }
+}
+
+/// What tunnel threads, resolvers and the signal thread tell the coordinator.
+pub enum Event {
+    Resolved { relay: bool, addr: SocketAddr },
+    Control(u32, Message),
+    AuthFail,
+    Activated(u32),
+    Idle(u32),
+    Failed(u32, String),
+    Shutdown(&'static str),
+}
+
+/// What the coordinator tells a tunnel thread.
+pub enum Cmd {
+    Relay(SocketAddr),
+    Stop,
+}
+
+struct Handle {
+    /// A clone of the tunnel's socket: keepalives must leave through the tunnel's own NAT mapping.
+    sock: UdpSocket,
+    v6: bool,
+    cmds: Sender<Cmd>,
+    active: bool,
+    registered: bool,
+    next_keepalive: Instant,
+    attempts: u32,
+}
+
+pub struct Agent {
+    cfg: Config,
+    service_name: HostPort,
+    relay_name: HostPort,
+    identity: Arc<Identity>,
+    drops: Arc<Drops>,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    relay: Option<SocketAddr>,
+    service: Option<SocketAddr>,
+    tunnels: BTreeMap<u32, Handle>,
+    next_id: u32,
+    started: Instant,
+    heard: Option<Instant>,
+    resolving_relay: Option<Instant>,
+    said_authfail: bool,
+    said_silent: bool,
+    said_full: bool,
+    said_open_failed: bool,
+}
+
+impl Agent {
+    pub fn new(cfg: Config, service_name: HostPort, relay_name: HostPort) -> Agent {
+        let (tx, rx) = unbounded();
+        Agent {
+            identity: Arc::new(Identity::new(&cfg.key)),
+            cfg,
+            service_name,
+            relay_name,
+            drops: Arc::default(),
+            tx,
+            rx,
+            relay: None,
+            service: None,
+            tunnels: BTreeMap::new(),
+            next_id: 1,
+            started: Instant::now(),
+            heard: None,
+            resolving_relay: None,
+            said_authfail: false,
+            said_silent: false,
+            said_full: false,
+            said_open_failed: false,
+        }
+    }
+
+    /// A sender for events from outside the agent (the signal thread).
+    pub fn events(&self) -> Sender<Event> {
+        self.tx.clone()
+    }
+
+    pub fn run(mut self) {
+        info!(
+            "inside agent run {} for service {} via relay {}",
+            self.identity.instance, self.service_name, self.relay_name
+        );
+        self.resolve(false);
+        self.resolve(true);
+        let mut next_status = self.cfg.status_interval.map(|i| Instant::now() + i);
+        loop {
+            let now = Instant::now();
+            self.send_keepalives(now);
+            self.fill_spares(now);
+            self.watch_relay(now);
+            if let (Some(at), Some(every)) = (next_status, self.cfg.status_interval) {
+                if now >= at {
+                    info!("{}", self.status());
+                    next_status = Some(now + every);
+                }
+            }
+            let wake = self
+                .tunnels
+                .values()
+                .map(|h| h.next_keepalive)
+                .min()
+                .unwrap_or(now + Duration::from_secs(1));
+            let wait = wake
+                .min(now + Duration::from_secs(1))
+                .saturating_duration_since(now);
+            match self.rx.recv_timeout(wait) {
+                Ok(Event::Shutdown(sig)) => return self.shutdown(sig),
+                Ok(ev) => self.on_event(ev),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => unreachable!("the agent holds a sender"),
+            }
+        }
+    }
+
+    /// Resolve a name on a helper thread (getaddrinfo blocks), retrying with backoff: a daemon may start
+    /// before DNS works.
+    fn resolve(&mut self, relay: bool) {
+        let name = if relay {
+            self.relay_name.clone()
+        } else {
+            self.service_name.clone()
+        };
+        if relay {
+            self.resolving_relay = Some(Instant::now());
+        }
+        let tx = self.tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("resolve".into())
+            .spawn(move || {
+                for attempt in 0.. {
+                    match net::resolve(&name) {
+                        Ok(addr) => {
+                            let _ = tx.send(Event::Resolved { relay, addr });
+                            return;
+                        }
+                        Err(e) => {
+                            let wait = net::backoff(attempt, Duration::from_secs(30));
+                            warn!(
+                                "cannot resolve {name}: {e}; trying again in {}s",
+                                wait.as_secs()
+                            );
+                            std::thread::sleep(wait);
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            error!("cannot start a resolver thread: {e}");
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let now = Instant::now();
+        match ev {
+            Event::Resolved { relay: false, addr } => {
+                info!("service {} is {addr}", self.service_name);
+                self.service = Some(addr);
+            }
+            Event::Resolved { relay: true, addr } => self.relay_resolved(addr, now),
+            Event::Control(id, msg) => self.on_control(id, msg, now),
+            Event::AuthFail => {
+                if !self.said_authfail && self.heard.is_none() {
+                    warn!("the relay rejects our control messages: its key differs from ours (-k, --keyFile)");
+                    self.said_authfail = true;
+                }
+            }
+            Event::Activated(id) => {
+                if let Some(h) = self.tunnels.get_mut(&id) {
+                    h.active = true;
+                }
+                let active = self.tunnels.values().filter(|h| h.active).count();
+                info!("tunnel {id} carries a new client ({active} active)");
+            }
+            Event::Idle(id) => self.close(id, "idle", true),
+            Event::Failed(id, e) => {
+                error!("tunnel {id} failed: {e}");
+                self.close(id, "failed", true);
+            }
+            Event::Shutdown(_) => unreachable!("handled by run"),
+        }
+    }
+
+    fn relay_resolved(&mut self, addr: SocketAddr, now: Instant) {
+        self.resolving_relay = None;
+        match self.relay.replace(addr) {
+            None => info!("relay {} is {addr}", self.relay_name),
+            Some(old) if old == addr => return,
+            Some(old) => info!(
+                "relay {} moved from {old} to {addr}: registering again",
+                self.relay_name
+            ),
+        }
+        let ids: Vec<u32> = self.tunnels.keys().copied().collect();
+        for id in ids {
+            let h = &self.tunnels[&id];
+            if h.v6 || addr.is_ipv4() {
+                let _ = h.cmds.send(Cmd::Relay(net::as_seen_by(h.v6, addr)));
+                let h = self.tunnels.get_mut(&id).unwrap();
+                h.registered = false;
+                h.attempts = 0;
+                h.next_keepalive = now;
+            } else {
+                self.close(id, "the relay's address family changed", false);
+            }
+        }
+    }
+
+    fn on_control(&mut self, id: u32, msg: Message, now: Instant) {
+        if msg.instance != self.identity.instance || msg.tunnel != id {
+            return debug!("tunnel {id}: ignored a relay message for another tunnel");
+        }
+        self.heard = Some(now);
+        if self.said_silent {
+            info!("the relay answers again");
+            self.said_silent = false;
+        }
+        let Some(h) = self.tunnels.get_mut(&id) else {
+            return;
+        };
+        match msg.kind {
+            Kind::Challenge => {
+                let response = self.identity.seal(Kind::Response, id, h.active, msg.cookie);
+                h.send(
+                    &response,
+                    self.relay
+                        .expect("a tunnel exists only once the relay resolved"),
+                );
+            }
+            Kind::Ack => {
+                if !h.registered {
+                    h.registered = true;
+                    h.attempts = 0;
+                    h.next_keepalive = now + self.cfg.keepalive;
+                    if !h.active {
+                        info!("spare tunnel {id} registered at the relay");
+                    }
+                }
+            }
+            Kind::Drop => self.close(id, "dropped by the relay", false),
+            _ => debug!("tunnel {id}: ignored {:?} from the relay", msg.kind),
+        }
+    }
+
+    /// Keepalives on every tunnel, spare and active, keep the NAT mappings open; an unanswered registration is
+    /// retried sooner (1 s, 2 s, 4 s … up to the interval), so a lost datagram does not cost a whole interval.
+    fn send_keepalives(&mut self, now: Instant) {
+        let Some(relay) = self.relay else { return };
+        for (&id, h) in self
+            .tunnels
+            .iter_mut()
+            .filter(|(_, h)| h.next_keepalive <= now)
+        {
+            h.send(
+                &self.identity.seal(Kind::Keepalive, id, h.active, [0; 16]),
+                relay,
+            );
+            h.next_keepalive = if h.registered {
+                now + self.cfg.keepalive
+            } else {
+                h.attempts += 1;
+                now + net::backoff(h.attempts - 1, self.cfg.keepalive)
+            };
+        }
+    }
+
+    /// Keep `--spares` spare tunnels while fewer than `-n` are active.
+    fn fill_spares(&mut self, now: Instant) {
+        let (Some(relay), Some(service)) = (self.relay, self.service) else {
+            return;
+        };
+        let active = self.tunnels.values().filter(|h| h.active).count();
+        let mut spare = self.tunnels.len() - active;
+        let want = self
+            .cfg
+            .spares
+            .min(self.cfg.max_tunnels.saturating_sub(active));
+        if active >= self.cfg.max_tunnels && !self.said_full {
+            warn!(
+                "all {} tunnels are active: no spare until one closes",
+                self.cfg.max_tunnels
+            );
+        }
+        self.said_full = active >= self.cfg.max_tunnels;
+        while spare < want {
+            match self.open(relay, service, now) {
+                Ok(()) => {
+                    spare += 1;
+                    self.said_open_failed = false;
+                }
+                Err(e) => {
+                    if !self.said_open_failed {
+                        error!("cannot open a tunnel socket: {e}");
+                        self.said_open_failed = true;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        relay: SocketAddr,
+        service: SocketAddr,
+        now: Instant,
+    ) -> std::io::Result<()> {
+        let sock = net::bind_for(relay, service)?;
+        let v6 = sock.local_addr()?.is_ipv6();
+        let (relay, service) = (net::as_seen_by(v6, relay), net::as_seen_by(v6, service));
+        let clone = sock.try_clone()?;
+        let (cmds, cmd_rx) = unbounded();
+        let id = self.next_id;
+        let jitter = rand::rng().random_range(0.8..1.2);
+        Tunnel {
+            id,
+            sock,
+            relay,
+            service,
+            identity: self.identity.clone(),
+            idle_timeout: self.cfg.idle_timeout.mul_f64(jitter),
+            events: self.tx.clone(),
+            cmds: cmd_rx,
+            drops: self.drops.clone(),
+        }
+        .spawn()?;
+        self.next_id += 1;
+        debug!(
+            "tunnel {id} opened on port {}",
+            clone.local_addr().map(|a| a.port()).unwrap_or(0)
+        );
+        let next_keepalive = now + net::backoff(0, self.cfg.keepalive);
+        let h = Handle {
+            sock: clone,
+            v6,
+            cmds,
+            active: false,
+            registered: false,
+            next_keepalive,
+            attempts: 1,
+        };
+        h.send(
+            &self.identity.seal(Kind::Keepalive, id, false, [0; 16]),
+            relay,
+        );
+        self.tunnels.insert(id, h);
+        Ok(())
+    }
+
+    /// Close a tunnel; unless the relay asked for it, tell the relay at once so no client is routed into it.
+    /// The close is sent twice: a lost one would leave the relay routing into a dead tunnel until it expires.
+    fn close(&mut self, id: u32, why: &str, tell_relay: bool) {
+        let Some(h) = self.tunnels.remove(&id) else {
+            return;
+        };
+        if let (true, Some(relay)) = (tell_relay, self.relay) {
+            for _ in 0..2 {
+                h.send(
+                    &self.identity.seal(Kind::Close, id, h.active, [0; 16]),
+                    relay,
+                );
+            }
+        }
+        let _ = h.cmds.send(Cmd::Stop);
+        let kind = if h.active { "tunnel" } else { "spare tunnel" };
+        info!("{kind} {id} closed: {why}");
+    }
+
+    /// No authenticated word from the relay for two keepalive intervals: say so once, and look its name up
+    /// again (dynamic DNS may have moved it).
+    fn watch_relay(&mut self, now: Instant) {
+        if self.tunnels.is_empty() || self.relay.is_none() {
+            return;
+        }
+        let limit = 2 * self.cfg.keepalive + Duration::from_secs(1);
+        let since = self.heard.unwrap_or(self.started);
+        if now.duration_since(since) < limit {
+            return;
+        }
+        if !self.said_silent {
+            warn!(
+                "no answer from the relay {} for {}s: is it running, and does it use the same key?",
+                self.relay_name,
+                now.duration_since(since).as_secs()
+            );
+            self.said_silent = true;
+        }
+        let numeric = self.relay_name.host.parse::<std::net::IpAddr>().is_ok();
+        if !numeric
+            && self
+                .resolving_relay
+                .is_none_or(|t| now.duration_since(t) >= limit)
+        {
+            self.resolve(true);
+        }
+    }
+
+    fn shutdown(mut self, sig: &str) {
+        info!("{}", self.status());
+        info!("{sig}: closing {} tunnels and exiting", self.tunnels.len());
+        let ids: Vec<u32> = self.tunnels.keys().copied().collect();
+        for id in ids {
+            self.close(id, sig, true);
+        }
+    }
+
+    fn status(&self) -> String {
+        let active = self.tunnels.values().filter(|h| h.active).count();
+        format!(
+            "status: tunnels active={active} spare={} {}",
+            self.tunnels.len() - active,
+            self.drops.summary()
+        )
+    }
+}
+
+impl Handle {
+    fn send(&self, msg: &[u8], relay: SocketAddr) {
+        if let Err(e) = self.sock.send_to(msg, net::as_seen_by(self.v6, relay)) {
+            debug!("control send to {relay} failed: {e}");
+        }
+    }
+}
+
+pub fn run(cfg: Config, service: HostPort, relay: HostPort) {
+    net::raise_fd_limit();
+    let agent = Agent::new(cfg, service, relay);
+    let events = agent.events();
+    crate::signal::on_terminate(move |sig| {
+        let _ = events.send(Event::Shutdown(sig));
+    });
+    agent.run();
+}

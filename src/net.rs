@@ -1,0 +1,185 @@
+//! Sockets, addresses and the few OS facilities std lacks (libc).
+
+use crate::cli::HostPort;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::time::Duration;
+
+/// Largest UDP payload over IPv4; IPv6 allows a little more, and the buffer takes any of it.
+pub const MAX_DATAGRAM: usize = 65507;
+const BUF_LEN: usize = 65536;
+
+/// Resolve a name once. Several results: IPv4 first (a relay name with both records most often works on v4
+/// from behind a CG-NAT), unless the name itself is a bracketed IPv6 literal.
+pub fn resolve(hp: &HostPort) -> io::Result<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = (hp.host.as_str(), hp.port).to_socket_addrs()?.collect();
+    addrs.sort_by_key(|a| a.is_ipv6());
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no addresses"))
+}
+
+/// The unspecified address of the family a socket needs to talk to both `a` and `b`: a dual-stack IPv6
+/// socket when the families differ (Linux's default net.ipv6.bindv6only=0 makes `[::]` accept IPv4 too).
+pub fn bind_for(a: SocketAddr, b: SocketAddr) -> io::Result<UdpSocket> {
+    if a.is_ipv4() && b.is_ipv4() {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+    }
+}
+
+/// `addr` as a socket of the given family sees it: IPv4 becomes IPv4-mapped IPv6 on an IPv6 socket, so
+/// comparisons with `recv_from` results are plain equality.
+pub fn as_seen_by(sock_v6: bool, addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if sock_v6 => {
+            SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
+        }
+        _ => addr,
+    }
+}
+
+/// For logs: `::ffff:192.0.2.1` is shown as `192.0.2.1`.
+pub fn shown(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => addr,
+        },
+        _ => addr,
+    }
+}
+
+/// A receive buffer that costs no resident memory until a datagram is written into it: a thousand idle
+/// tunnels must not hold a thousand touched 64 KiB buffers (fresh anonymous pages are shared zero pages).
+pub struct RecvBuf {
+    ptr: *mut u8,
+}
+
+// The buffer is plain memory owned by one thread at a time.
+unsafe impl Send for RecvBuf {}
+
+impl RecvBuf {
+    pub fn new() -> io::Result<RecvBuf> {
+        // SAFETY: anonymous private mapping, checked for failure, unmapped exactly once in Drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                BUF_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RecvBuf { ptr: p.cast() })
+    }
+}
+
+impl std::ops::Deref for RecvBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the mapping is BUF_LEN bytes, zero-filled by the kernel, alive as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr, BUF_LEN) }
+    }
+}
+
+impl std::ops::DerefMut for RecvBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, BUF_LEN) }
+    }
+}
+
+impl Drop for RecvBuf {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from mmap with this length.
+        unsafe { libc::munmap(self.ptr.cast(), BUF_LEN) };
+    }
+}
+
+/// Raise the soft open-file limit to the hard one: each inside tunnel is a socket, and init systems often
+/// start daemons with a soft limit of 1024.
+pub fn raise_fd_limit() {
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// A relay receives every client and tunnel on one socket: a burst of new clients must not overflow the
+/// default receive queue. SO_RCVBUFFORCE passes net.core.rmem_max when we may; otherwise the capped request.
+pub fn grow_receive_buffer(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt with a valid fd and a c_int option value of the right length.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+/// Whether an error from a socket with a read timeout is just the timeout.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+/// Backoff for retries: 1 s, 2 s, 4 s … capped.
+pub fn backoff(attempt: u32, cap: Duration) -> Duration {
+    Duration::from_secs(1u64 << attempt.min(16)).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_round_trips() {
+        let v4: SocketAddr = "192.0.2.7:99".parse().unwrap();
+        let mapped = as_seen_by(true, v4);
+        assert_eq!(mapped.to_string(), "[::ffff:192.0.2.7]:99");
+        assert_eq!(shown(mapped), v4);
+        assert_eq!(as_seen_by(false, v4), v4);
+        let v6: SocketAddr = "[2001:db8::1]:5".parse().unwrap();
+        assert_eq!(as_seen_by(true, v6), v6);
+        assert_eq!(shown(v6), v6);
+    }
+
+    #[test]
+    fn recv_buf_is_zeroed_and_writable() {
+        let mut b = RecvBuf::new().unwrap();
+        assert_eq!(b.len(), BUF_LEN);
+        assert!(b.iter().all(|&x| x == 0));
+        b[BUF_LEN - 1] = 1;
+        assert_eq!(b[BUF_LEN - 1], 1);
+    }
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        let cap = Duration::from_secs(30);
+        let v: Vec<u64> = (0..7).map(|i| backoff(i, cap).as_secs()).collect();
+        assert_eq!(v, [1, 2, 4, 8, 16, 30, 30]);
+    }
+}

@@ -1,0 +1,423 @@
+//! The relay's tunnel/client table. One hash lookup on the source address routes every datagram; the rest
+//! (spares, waiting clients, roaming) changes only on control messages and new clients.
+
+use crate::protocol::Instance;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A tunnel is named by the inside agent's run and its number within that run.
+pub type TunnelKey = (Instance, u32);
+
+pub struct Tunnel {
+    pub key: TunnelKey,
+    /// The inside tunnel socket's public address, as the relay sees it (after every NAT).
+    pub addr: SocketAddr,
+    pub client: Option<SocketAddr>,
+    /// Highest authenticated counter seen: anything not above it is a replay or a late duplicate.
+    pub counter: u64,
+    pub last_keepalive: Instant,
+}
+
+/// What the source address of a datagram is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    Tunnel(usize),
+    Client(usize),
+    /// Its datagrams are held: a new client waiting for a spare, or a tunnel's possible new address.
+    Held,
+}
+
+/// Where a data datagram goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    To(SocketAddr),
+    Hold,
+    /// From a tunnel that has no client (yet).
+    Unrouted,
+    /// Never seen: a new client.
+    New,
+}
+
+/// Datagrams kept for an address until it has somewhere to go.
+pub struct Held {
+    pub datagrams: Vec<Vec<u8>>,
+    pub since: Instant,
+    /// The address claimed to be a known tunnel (authenticated keepalive) and is being challenged; otherwise
+    /// it is a new client waiting for a spare.
+    pub roam: bool,
+}
+
+/// Per waiting client and in all: a burst of new clients is held, a flood is not.
+pub const HOLD_PER_ADDR: usize = 16;
+pub const HOLD_TOTAL_BYTES: usize = 4 << 20;
+
+#[derive(Default)]
+pub struct Table {
+    peers: HashMap<SocketAddr, Peer>,
+    slots: Vec<Option<Tunnel>>,
+    free: Vec<usize>,
+    by_key: HashMap<TunnelKey, usize>,
+    spares: VecDeque<usize>,
+    /// New clients in arrival order: the first gets the next spare.
+    waiting: VecDeque<SocketAddr>,
+    held: HashMap<SocketAddr, Held>,
+    held_bytes: usize,
+    active: usize,
+}
+
+impl Table {
+    /// The per-datagram lookup.
+    #[inline]
+    pub fn route(&self, src: &SocketAddr) -> Route {
+        match self.peers.get(src) {
+            Some(Peer::Client(t)) => Route::To(self.get(*t).addr),
+            Some(Peer::Tunnel(t)) => match self.get(*t).client {
+                Some(c) => Route::To(c),
+                None => Route::Unrouted,
+            },
+            Some(Peer::Held) => Route::Hold,
+            None => Route::New,
+        }
+    }
+
+    pub fn get(&self, t: usize) -> &Tunnel {
+        self.slots[t].as_ref().expect("live tunnel index")
+    }
+
+    pub fn find(&self, key: &TunnelKey) -> Option<usize> {
+        self.by_key.get(key).copied()
+    }
+
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    pub fn spares(&self) -> usize {
+        self.spares.len()
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Frees `addr` for a tunnel; if it was a client (a tunnel whose NAT mapping changed and whose data
+    /// arrived before its keepalive), returns the tunnel that client had been given.
+    fn claim(&mut self, addr: SocketAddr) -> Option<usize> {
+        match self.peers.remove(&addr) {
+            Some(Peer::Client(x)) => {
+                self.slots[x].as_mut().unwrap().client = None;
+                self.active -= 1;
+                Some(x)
+            }
+            Some(Peer::Held) => {
+                self.drop_held(&addr);
+                None
+            }
+            Some(Peer::Tunnel(_)) | None => None,
+        }
+    }
+
+    /// A new spare, verified by challenge. Returns its index and a tunnel displaced from `addr`, if any.
+    pub fn register(
+        &mut self,
+        key: TunnelKey,
+        addr: SocketAddr,
+        counter: u64,
+        now: Instant,
+    ) -> (usize, Option<usize>) {
+        let displaced = self.claim(addr);
+        let tunnel = Tunnel {
+            key,
+            addr,
+            client: None,
+            counter,
+            last_keepalive: now,
+        };
+        let t = match self.free.pop() {
+            Some(t) => {
+                self.slots[t] = Some(tunnel);
+                t
+            }
+            None => {
+                self.slots.push(Some(tunnel));
+                self.slots.len() - 1
+            }
+        };
+        self.by_key.insert(key, t);
+        self.peers.insert(addr, Peer::Tunnel(t));
+        self.spares.push_back(t);
+        (t, displaced)
+    }
+
+    pub fn refresh(&mut self, t: usize, counter: u64, now: Instant) {
+        let tun = self.slots[t].as_mut().unwrap();
+        tun.counter = counter;
+        tun.last_keepalive = now;
+    }
+
+    /// A known tunnel proved it is now at `addr`. Returns the tunnel displaced from `addr`, if any, and the
+    /// datagrams that arrived from `addr` while it was being challenged.
+    pub fn move_to(&mut self, t: usize, addr: SocketAddr) -> (Option<usize>, Vec<Vec<u8>>) {
+        let held = self
+            .take_held(&addr)
+            .map(|h| h.datagrams)
+            .unwrap_or_default();
+        let displaced = self.claim(addr);
+        let old = std::mem::replace(&mut self.slots[t].as_mut().unwrap().addr, addr);
+        self.peers.remove(&old);
+        self.peers.insert(addr, Peer::Tunnel(t));
+        (displaced, held)
+    }
+
+    pub fn take_spare(&mut self) -> Option<usize> {
+        self.spares.pop_front()
+    }
+
+    pub fn assign(&mut self, client: SocketAddr, t: usize) {
+        self.slots[t].as_mut().unwrap().client = Some(client);
+        self.peers.insert(client, Peer::Client(t));
+        self.active += 1;
+    }
+
+    pub fn remove(&mut self, t: usize) -> Tunnel {
+        let tun = self.slots[t].take().expect("live tunnel index");
+        self.free.push(t);
+        self.by_key.remove(&tun.key);
+        if self.peers.get(&tun.addr) == Some(&Peer::Tunnel(t)) {
+            self.peers.remove(&tun.addr);
+        }
+        if let Some(c) = tun.client {
+            self.peers.remove(&c);
+            self.active -= 1;
+        } else {
+            self.spares.retain(|&s| s != t);
+        }
+        tun
+    }
+
+    /// Every tunnel of a run of the inside agent, e.g. one that has been replaced by a restart.
+    pub fn remove_instance(&mut self, instance: Instance) -> Vec<Tunnel> {
+        let ts: Vec<usize> = self
+            .by_key
+            .iter()
+            .filter(|(k, _)| k.0 == instance)
+            .map(|(_, &t)| t)
+            .collect();
+        ts.into_iter().map(|t| self.remove(t)).collect()
+    }
+
+    /// Tunnels with no keepalive within `max_age`.
+    pub fn expire(&mut self, now: Instant, max_age: Duration) -> Vec<Tunnel> {
+        let old: Vec<usize> = (0..self.slots.len())
+            .filter(|&t| matches!(&self.slots[t], Some(tun) if now.duration_since(tun.last_keepalive) > max_age))
+            .collect();
+        old.into_iter().map(|t| self.remove(t)).collect()
+    }
+
+    /// Hold a datagram for `addr`: an address already held (a waiting client, or one being challenged as a
+    /// tunnel's new address), or else a new client, queued for the next spare. False if the bounds say drop it.
+    pub fn hold(&mut self, addr: SocketAddr, data: &[u8], now: Instant) -> bool {
+        if self.held_bytes + data.len() > HOLD_TOTAL_BYTES {
+            return false;
+        }
+        let h = match self.held.entry(addr) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                self.waiting.push_back(addr);
+                self.peers.insert(addr, Peer::Held);
+                e.insert(Held {
+                    datagrams: Vec::new(),
+                    since: now,
+                    roam: false,
+                })
+            }
+        };
+        if h.datagrams.len() >= HOLD_PER_ADDR {
+            return false;
+        }
+        h.datagrams.push(data.to_vec());
+        self.held_bytes += data.len();
+        true
+    }
+
+    /// Mark `addr` as possibly a known tunnel's new address, so its data waits for the challenge's answer.
+    pub fn expect_roam(&mut self, addr: SocketAddr, now: Instant) {
+        if self.peers.get(&addr).is_none() {
+            self.held.insert(
+                addr,
+                Held {
+                    datagrams: Vec::new(),
+                    since: now,
+                    roam: true,
+                },
+            );
+            self.peers.insert(addr, Peer::Held);
+        }
+    }
+
+    /// The next waiting client and its held datagrams.
+    pub fn next_waiting(&mut self) -> Option<(SocketAddr, Vec<Vec<u8>>)> {
+        let addr = self.waiting.pop_front()?;
+        let held = self.take_held(&addr)?;
+        Some((addr, held.datagrams))
+    }
+
+    fn take_held(&mut self, addr: &SocketAddr) -> Option<Held> {
+        let h = self.held.remove(addr)?;
+        self.held_bytes -= h.datagrams.iter().map(Vec::len).sum::<usize>();
+        if self.peers.get(addr) == Some(&Peer::Held) {
+            self.peers.remove(addr);
+        }
+        if !h.roam {
+            self.waiting.retain(|a| a != addr);
+        }
+        Some(h)
+    }
+
+    fn drop_held(&mut self, addr: &SocketAddr) {
+        self.take_held(addr);
+    }
+
+    /// Held datagrams older than `max_age`; returns how many datagrams were dropped.
+    pub fn expire_held(&mut self, now: Instant, max_age: Duration) -> usize {
+        let old: Vec<SocketAddr> = self
+            .held
+            .iter()
+            .filter(|(_, h)| now.duration_since(h.since) > max_age)
+            .map(|(a, _)| *a)
+            .collect();
+        old.iter()
+            .filter_map(|a| self.take_held(a))
+            .map(|h| h.datagrams.len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    fn key(n: u32) -> TunnelKey {
+        (Instance([1; 16]), n)
+    }
+
+    #[test]
+    fn spare_is_handed_to_a_new_client_and_routes_both_ways() {
+        let mut tb = Table::default();
+        let now = Instant::now();
+        let (t, _) = tb.register(key(1), addr(1000), 1, now);
+        assert_eq!(tb.route(&addr(1000)), Route::Unrouted);
+        assert_eq!(tb.route(&addr(5)), Route::New);
+        assert_eq!(tb.take_spare(), Some(t));
+        tb.assign(addr(5), t);
+        assert_eq!(tb.route(&addr(5)), Route::To(addr(1000)));
+        assert_eq!(tb.route(&addr(1000)), Route::To(addr(5)));
+        assert_eq!((tb.active(), tb.spares()), (1, 0));
+        tb.remove(t);
+        assert_eq!(tb.route(&addr(5)), Route::New);
+        assert_eq!(tb.route(&addr(1000)), Route::New);
+        assert_eq!(tb.active(), 0);
+    }
+
+    #[test]
+    fn waiting_clients_are_served_in_order_with_their_datagrams() {
+        let mut tb = Table::default();
+        let now = Instant::now();
+        assert!(tb.hold(addr(5), b"a", now));
+        assert!(tb.hold(addr(6), b"x", now));
+        assert!(tb.hold(addr(5), b"b", now));
+        assert_eq!(tb.route(&addr(5)), Route::Hold);
+        assert_eq!(tb.waiting(), 2);
+        let (a, d) = tb.next_waiting().unwrap();
+        assert_eq!((a, d), (addr(5), vec![b"a".to_vec(), b"b".to_vec()]));
+        assert_eq!(tb.route(&addr(5)), Route::New);
+        assert_eq!(tb.next_waiting().unwrap().0, addr(6));
+        assert!(tb.next_waiting().is_none());
+        assert_eq!(tb.held_bytes, 0);
+    }
+
+    #[test]
+    fn holding_is_bounded() {
+        let mut tb = Table::default();
+        let now = Instant::now();
+        for _ in 0..HOLD_PER_ADDR {
+            assert!(tb.hold(addr(5), b"a", now));
+        }
+        assert!(!tb.hold(addr(5), b"a", now));
+        let big = vec![0u8; 60_000];
+        let mut port = 100;
+        while tb.hold(addr(port), &big, now) {
+            port += 1;
+        }
+        assert!(tb.held_bytes <= HOLD_TOTAL_BYTES);
+        assert_eq!(
+            tb.expire_held(now + Duration::from_secs(60), Duration::from_secs(1)),
+            HOLD_PER_ADDR + (port - 100) as usize
+        );
+        assert_eq!((tb.waiting(), tb.held_bytes), (0, 0));
+    }
+
+    #[test]
+    fn roaming_tunnel_keeps_its_client_and_reclaims_a_mistaken_client_address() {
+        let mut tb = Table::default();
+        let now = Instant::now();
+        let (t, _) = tb.register(key(1), addr(1000), 1, now);
+        tb.take_spare();
+        tb.assign(addr(5), t);
+        // The tunnel's data arrived from its new address before its keepalive: taken for a new client.
+        let (s, _) = tb.register(key(2), addr(2000), 1, now);
+        tb.take_spare();
+        tb.assign(addr(1001), s);
+        let (displaced, held) = tb.move_to(t, addr(1001));
+        assert_eq!((displaced, held.len()), (Some(s), 0));
+        assert_eq!(tb.route(&addr(1001)), Route::To(addr(5)));
+        assert_eq!(tb.route(&addr(5)), Route::To(addr(1001)));
+        assert_eq!(tb.route(&addr(1000)), Route::New);
+        assert_eq!(tb.get(s).client, None);
+        assert_eq!(tb.active(), 1);
+    }
+
+    #[test]
+    fn roam_hold_is_flushed_on_move() {
+        let mut tb = Table::default();
+        let now = Instant::now();
+        let (t, _) = tb.register(key(1), addr(1000), 1, now);
+        tb.expect_roam(addr(1001), now);
+        assert!(tb.hold(addr(1001), b"d", now));
+        assert_eq!(tb.waiting(), 0, "a roam hold is not a waiting client");
+        let (_, held) = tb.move_to(t, addr(1001));
+        assert_eq!(held, vec![b"d".to_vec()]);
+    }
+
+    #[test]
+    fn expiry_and_instance_removal() {
+        let mut tb = Table::default();
+        let now = Instant::now();
+        tb.register(key(1), addr(1000), 1, now);
+        let (t2, _) = tb.register(
+            (Instance([2; 16]), 1),
+            addr(1001),
+            1,
+            now + Duration::from_secs(5),
+        );
+        assert_eq!(tb.remove_instance(Instance([1; 16])).len(), 1);
+        assert_eq!(tb.find(&key(1)), None);
+        assert_eq!(
+            tb.expire(now + Duration::from_secs(6), Duration::from_secs(2))
+                .len(),
+            0
+        );
+        assert_eq!(
+            tb.expire(now + Duration::from_secs(8), Duration::from_secs(2))[0].addr,
+            addr(1001)
+        );
+        assert_eq!((tb.spares(), tb.find(&(Instance([2; 16]), 1))), (0, None));
+        let _ = t2;
+    }
+}
