@@ -14,6 +14,7 @@ build:
 test: build
 	$(CARGO) test --release
 	$(MAKE) e2e
+	bash tests/packaging.sh
 
 unit:
 	$(CARGO) test --release
