@@ -1,0 +1,830 @@
+//! `make bench` (= `cargo bench --bench tunnel`): DIRECT path (client → echo) against the TUNNEL path
+//! (client → relay → inside agent → echo and back), all on 127.0.0.1 with ephemeral ports.
+//! What is measured and why it is done this way: docs/BENCHMARKS.md.
+//!
+//! Design in short:
+//! - The echo service runs in this process: one UDP socket (32 MiB receive buffer) served by 2 blocking threads.
+//! - Rate clients are driven by at most 2 threads, each owning half of the client sockets through its own
+//!   epoll set, so idle drivers sleep instead of spinning on a 2-core machine shared with both agents.
+//! - Every child is owned by an `Agent` guard (SIGTERM, then SIGKILL on drop, also during a panic) and gets
+//!   PR_SET_PDEATHSIG, so nothing survives the harness. Every wait has a deadline.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, ErrorKind};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_reverse-udp-tunnel");
+const KEY: &str = "bench-secret";
+const MAX_TUNNELS: &str = "1200";
+const SPARES: &str = "64";
+const REPS: usize = 3;
+const PAYLOAD: usize = 64;
+const LAT_WARMUP: usize = 500;
+const LAT_SAMPLES: usize = 3000;
+const RATE_CLIENTS: [usize; 4] = [1, 16, 256, 1000];
+const WINDOW: usize = 8; // outstanding datagrams per rate client
+const MEASURE: Duration = Duration::from_secs(2);
+const SETTLE: Duration = Duration::from_millis(250); // after every client got its first reply
+const REARM: Duration = Duration::from_millis(200); // a datagram not answered by then counts as lost
+const BURSTS: [usize; 2] = [64, 256];
+const BURST_WAIT: Duration = Duration::from_secs(5);
+
+type Res<T> = Result<T, String>;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Res<()> {
+    raise_nofile(4096)?;
+    // RUT_BENCH_BIN=PATH benches another build of the binary (e.g. an older one) instead of building.
+    let bin = match std::env::var("RUT_BENCH_BIN") {
+        Ok(path) => path,
+        Err(_) => build().map(|_| BIN.to_string())?,
+    };
+    let logs = Path::new(BIN).parent().unwrap().join("bench-logs");
+    fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    let echo = Echo::start()?;
+    let mut out = header();
+    println!("{out}");
+
+    // Phase 1: latency and rates, 3 repetitions, then RSS while the 1000 clients hold their tunnels.
+    // Tunnels used: probe + latency client + 1000 pool clients (the smaller runs reuse the pool's first
+    // sockets), so it fits -n 1200. Both agents are restarted before each burst for a clean spare pool.
+    let mut tun = Tunnel::start(&bin, echo.addr, &logs, "main")?;
+    let max = *RATE_CLIENTS.iter().max().unwrap();
+    let (direct_pool, tunnel_pool) = (client_pool(echo.addr, max)?, client_pool(tun.addr, max)?);
+    let (direct_lat, tunnel_lat) = (latency_socket(echo.addr)?, latency_socket(tun.addr)?);
+    let mut lat = [Vec::new(), Vec::new()]; // [direct, tunnel] per repetition
+    let mut rate = vec![[Vec::new(), Vec::new()]; RATE_CLIENTS.len()];
+    let mut mem = None;
+    for rep in 1..=REPS {
+        for (p, sock) in [&direct_lat, &tunnel_lat].into_iter().enumerate() {
+            let l = latency(sock).map_err(|e| format!("{} latency: {e}", PATH[p]))?;
+            println!(
+                "rep {rep} {:6} RTT p50 {:7.1} µs  p99 {:7.1} µs  lost {}",
+                PATH[p], l.p50, l.p99, l.lost
+            );
+            lat[p].push(l);
+        }
+        for (i, &n) in RATE_CLIENTS.iter().enumerate() {
+            for (p, pool) in [&direct_pool, &tunnel_pool].into_iter().enumerate() {
+                tun.check_alive()?;
+                let r = rate_run(&pool[..n]);
+                println!(
+                    "rep {rep} {:6} {n:4} clients {:9.0} rt/s  (warm-up {:4} ms, re-armed {}, silent clients {})",
+                    PATH[p], r.per_sec, r.warmup_ms, r.rearms, r.silent
+                );
+                rate[i][p].push(r.per_sec);
+            }
+        }
+        mem = Some((proc_status(tun.relay.pid()), proc_status(tun.inside.pid())));
+    }
+    let stops = tun.stop();
+    drop((direct_pool, tunnel_pool));
+
+    let mut bursts = Vec::new();
+    for n in BURSTS {
+        let t = Tunnel::start(&bin, echo.addr, &logs, &format!("burst{n}"))?;
+        let d = burst(echo.addr, n)?;
+        let b = burst(t.addr, n)?;
+        println!(
+            "burst {n:3}: direct {}/{n} last {:.1} ms, tunnel {}/{n} last {:.1} ms",
+            d.0, d.1, b.0, b.1
+        );
+        bursts.push((n, d, b));
+        t.stop();
+    }
+
+    out.clear();
+    table(&mut out, &lat, &rate, &bursts, &mem.unwrap());
+    for (name, (status, took)) in ["relay", "inside"].iter().zip(stops) {
+        let _ = writeln!(
+            out,
+            "SIGTERM to {name} at the end of phase 1: {status} after {} ms",
+            took.as_millis()
+        );
+    }
+    println!("\n{out}");
+    Ok(())
+}
+
+const PATH: [&str; 2] = ["direct", "tunnel"];
+
+// ---------------------------------------------------------------------------------------------- setup
+
+/// `cargo build --release`, so the agents are exactly the release binary (`cargo bench` itself builds the
+/// binary with the bench profile).
+fn build() -> Res<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(["build", "--release", "--bin", "reverse-udp-tunnel"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .spawn()
+        .map_err(|e| format!("cargo build: {e}"))?;
+    match wait_deadline(&mut child, Duration::from_secs(1200)) {
+        Some(s) if s.success() => Ok(()),
+        s => {
+            let _ = child.kill();
+            Err(format!("cargo build --release failed: {s:?}"))
+        }
+    }
+}
+
+fn raise_nofile(need: u64) -> Res<()> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+        if rl.rlim_cur < need {
+            rl.rlim_cur = rl.rlim_max.min(need);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+    if rl.rlim_cur < need {
+        return Err(format!(
+            "need {need} open files, RLIMIT_NOFILE allows {}",
+            rl.rlim_cur
+        ));
+    }
+    Ok(())
+}
+
+fn header() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']));
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "reverse-udp-tunnel benchmark: `cargo bench --bench tunnel` (= `make bench`)\n\
+         machine: nproc {}, CPU {}, Linux {}",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        model.unwrap_or("?"),
+        kernel.trim()
+    )
+}
+
+fn bind_loopback() -> io::Result<UdpSocket> {
+    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+}
+
+/// Sockets of the rate clients: each connected to `to` (so it only sees its own replies), non-blocking.
+fn client_pool(to: SocketAddr, n: usize) -> Res<Vec<UdpSocket>> {
+    (0..n)
+        .map(|_| {
+            let s = bind_loopback()?;
+            s.connect(to)?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .collect::<io::Result<_>>()
+        .map_err(|e: io::Error| format!("client sockets: {e}"))
+}
+
+fn latency_socket(to: SocketAddr) -> Res<UdpSocket> {
+    let s = bind_loopback().map_err(|e| e.to_string())?;
+    s.connect(to).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+// ----------------------------------------------------------------------------------------------- echo
+
+/// UDP echo: one socket with a big receive buffer, 2 threads (one per core) in blocking recv_from.
+struct Echo {
+    addr: SocketAddr,
+    stop: &'static AtomicBool,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start() -> Res<Echo> {
+        let sock = bind_loopback().map_err(|e| e.to_string())?;
+        set_rcvbuf(&sock, 32 << 20);
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(|e| e.to_string())?;
+        let addr = sock.local_addr().map_err(|e| e.to_string())?;
+        let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+        let mut threads = Vec::new();
+        for _ in 0..2 {
+            let s = sock.try_clone().map_err(|e| e.to_string())?;
+            threads.push(thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Relaxed) {
+                    if let Ok((n, from)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(&buf[..n], from);
+                    }
+                }
+            }));
+        }
+        Ok(Echo {
+            addr,
+            stop,
+            threads,
+        })
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        self.threads.drain(..).for_each(|t| drop(t.join()));
+    }
+}
+
+fn set_rcvbuf(s: &UdpSocket, bytes: libc::c_int) {
+    let p = &bytes as *const libc::c_int as *const libc::c_void;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd and option buffer. FORCE needs CAP_NET_ADMIN; otherwise capped at rmem_max.
+    unsafe {
+        if libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            p,
+            len,
+        ) != 0
+        {
+            libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, p, len);
+        }
+    }
+}
+
+// --------------------------------------------------------------------------------------------- agents
+
+/// A child agent; killed on drop (SIGTERM, after 2 s SIGKILL), also while a panic unwinds.
+struct Agent {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn spawn(bin: &str, name: String, args: &[String], log: PathBuf) -> Res<Agent> {
+        let file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        // SAFETY: prctl is async-signal-safe; the child dies with the harness (spawned from main thread).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("{bin}: {e}"))?;
+        Ok(Agent { name, child, log })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn check_alive(&mut self) -> Res<()> {
+        let status = match self.child.try_wait() {
+            Ok(None) => return Ok(()),
+            Ok(Some(s)) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let log = self.log.display();
+        Err(format!(
+            "{} exited ({status}); end of {log}:\n{}",
+            self.name,
+            tail(&self.log)
+        ))
+    }
+
+    /// SIGTERM, then wait up to 2 s: (exit status as text, time taken).
+    fn stop(&mut self) -> (String, Duration) {
+        let t = Instant::now();
+        if let Ok(Some(s)) = self.child.try_wait() {
+            return (format!("had already exited ({s})"), Duration::ZERO);
+        }
+        // SAFETY: signalling our own, not yet reaped child.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        match wait_deadline(&mut self.child, Duration::from_secs(2)) {
+            Some(s) => (s.to_string(), t.elapsed()),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                ("did not exit, killed".into(), t.elapsed())
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+struct Tunnel {
+    relay: Agent,
+    inside: Agent,
+    addr: SocketAddr,
+}
+
+impl Tunnel {
+    /// Relay on a free ephemeral port (retried if another process grabs it first), then the inside agent;
+    /// ready once a probe datagram echoes through the tunnel (deadline 10 s).
+    fn start(bin: &str, echo: SocketAddr, logs: &Path, tag: &str) -> Res<Tunnel> {
+        let mut last_err = String::new();
+        for attempt in 1..=3 {
+            let port = bind_loopback()
+                .and_then(|s| s.local_addr())
+                .map_err(|e| e.to_string())?
+                .port();
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let common = ["-n", MAX_TUNNELS, "-k", KEY].map(String::from);
+            let mut relay_args = vec!["-l".to_string(), addr.to_string()];
+            relay_args.extend(common.clone());
+            let mut inside_args = vec![
+                "-s".to_string(),
+                echo.to_string(),
+                "-o".to_string(),
+                addr.to_string(),
+            ];
+            inside_args.extend(common);
+            inside_args.extend(["--spares".to_string(), SPARES.to_string()]);
+            if attempt == 1 {
+                println!("[{tag}] relay:  {bin} {}", relay_args.join(" "));
+                println!("[{tag}] inside: {bin} {}", inside_args.join(" "));
+            }
+            let relay = Agent::spawn(
+                bin,
+                format!("relay ({tag})"),
+                &relay_args,
+                logs.join(format!("{tag}-relay.log")),
+            )?;
+            let inside = Agent::spawn(
+                bin,
+                format!("inside ({tag})"),
+                &inside_args,
+                logs.join(format!("{tag}-inside.log")),
+            )?;
+            let mut t = Tunnel {
+                relay,
+                inside,
+                addr,
+            };
+            match t.probe() {
+                Ok(ms) => {
+                    println!("[{tag}] tunnel ready after {ms} ms");
+                    return Ok(t);
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        Err(format!("tunnel did not come up: {last_err}"))
+    }
+
+    fn probe(&mut self) -> Res<u128> {
+        let t = Instant::now();
+        let s = latency_socket(self.addr)?;
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        while t.elapsed() < Duration::from_secs(10) {
+            self.check_alive()?;
+            let _ = s.send(b"probe");
+            if let Ok(n) = s.recv(&mut buf) {
+                if &buf[..n] == b"probe" {
+                    return Ok(t.elapsed().as_millis());
+                }
+            }
+        }
+        Err("no echo through the tunnel within 10 s".into())
+    }
+
+    fn check_alive(&mut self) -> Res<()> {
+        self.relay.check_alive()?;
+        self.inside.check_alive()
+    }
+
+    /// Inside first (it tells the relay to drop its tunnels), then the relay.
+    fn stop(mut self) -> [(String, Duration); 2] {
+        let inside = self.inside.stop();
+        [self.relay.stop(), inside]
+    }
+}
+
+// ------------------------------------------------------------------------------------------- measures
+
+struct Lat {
+    p50: f64,
+    p99: f64,
+    lost: usize,
+}
+
+/// One client, ping-pong: LAT_WARMUP round trips, then LAT_SAMPLES timed ones (µs). A datagram not
+/// answered within 200 ms is counted lost and the next one is sent.
+fn latency(s: &UdpSocket) -> Res<Lat> {
+    let mut samples = Vec::with_capacity(LAT_SAMPLES);
+    let (mut lost, mut seq) = (0, 0u64);
+    let mut buf = [0u8; PAYLOAD];
+    let mut rx = [0u8; 2048];
+    let end = Instant::now() + Duration::from_secs(20);
+    while samples.len() < LAT_SAMPLES && Instant::now() < end {
+        seq += 1;
+        buf[..8].copy_from_slice(&seq.to_le_bytes());
+        let t = Instant::now();
+        let _ = s.send(&buf);
+        let rtt = loop {
+            match s.recv(&mut rx) {
+                Ok(n) if n == PAYLOAD && rx[..8] == buf[..8] => break Some(t.elapsed()),
+                Ok(_) => continue, // a late reply to an earlier datagram
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    break None
+                }
+                Err(_) if t.elapsed() < Duration::from_millis(200) => continue, // e.g. ICMP refused
+                Err(_) => break None,
+            }
+        };
+        match rtt {
+            Some(d) if seq > LAT_WARMUP as u64 => samples.push(d.as_secs_f64() * 1e6),
+            Some(_) => {}
+            None => lost += 1,
+        }
+    }
+    if samples.len() < LAT_SAMPLES {
+        return Err(format!(
+            "only {} of {LAT_SAMPLES} samples in 20 s ({lost} lost)",
+            samples.len()
+        ));
+    }
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).saturating_sub(1)];
+    Ok(Lat {
+        p50: pct(0.50),
+        p99: pct(0.99),
+        lost,
+    })
+}
+
+struct Rate {
+    per_sec: f64,
+    warmup_ms: u128,
+    rearms: u64,
+    silent: usize,
+}
+
+struct Ctl {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    answered: AtomicUsize, // clients that got at least one reply
+    counted: AtomicU64,
+    rearms: AtomicU64,
+}
+
+/// Closed loop: every client keeps WINDOW datagrams outstanding. Warm-up until every client got a reply
+/// (deadline 10 s) + SETTLE, then replies are counted for MEASURE.
+fn rate_run(clients: &[UdpSocket]) -> Rate {
+    let ctl = Ctl {
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        answered: AtomicUsize::new(0),
+        counted: AtomicU64::new(0),
+        rearms: AtomicU64::new(0),
+    };
+    let n = clients.len();
+    let (warmup_ms, secs) = thread::scope(|sc| {
+        for chunk in clients.chunks(n.div_ceil(2)) {
+            let ctl = &ctl;
+            sc.spawn(move || drive(chunk, ctl));
+        }
+        let t = Instant::now();
+        while ctl.answered.load(Relaxed) < n && t.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(2));
+        }
+        let warmup_ms = t.elapsed().as_millis();
+        thread::sleep(SETTLE);
+        ctl.measuring.store(true, Relaxed);
+        let t0 = Instant::now();
+        thread::sleep(MEASURE);
+        ctl.measuring.store(false, Relaxed);
+        let secs = t0.elapsed().as_secs_f64();
+        ctl.stop.store(true, Relaxed);
+        (warmup_ms, secs) // the scope joins the drivers (they drain late replies) before returning
+    });
+    Rate {
+        per_sec: ctl.counted.load(Relaxed) as f64 / secs,
+        warmup_ms,
+        rearms: ctl.rearms.load(Relaxed),
+        silent: n - ctl.answered.load(Relaxed),
+    }
+}
+
+/// One driver thread: its clients' sockets in one epoll set. Datagram = [slot, generation u32, zeros];
+/// a reply frees its slot, which is sent again at once; a slot unanswered for REARM is re-sent with a new
+/// generation (a lost datagram never stalls the loop; a reply to the old generation is not counted).
+fn drive(socks: &[UdpSocket], ctl: &Ctl) {
+    let ep = Epoll::new(socks);
+    let now = Instant::now();
+    let mut slots = vec![[(0u32, now); WINDOW]; socks.len()];
+    let mut seen = vec![false; socks.len()];
+    let mut buf = [0u8; PAYLOAD];
+    let mut rx = [0u8; 2048];
+    let send = |s: &UdpSocket, buf: &mut [u8; PAYLOAD], slot: usize, gen: u32| {
+        buf[0] = slot as u8;
+        buf[1..5].copy_from_slice(&gen.to_le_bytes());
+        let _ = s.send(buf); // a failed send is a lost datagram: re-armed later
+    };
+    for (i, s) in socks.iter().enumerate() {
+        (0..WINDOW).for_each(|slot| send(s, &mut buf, slot, 0));
+        slots[i] = [(0, now); WINDOW];
+    }
+    let (mut counted, mut rearms) = (0u64, 0u64);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut last_sweep = Instant::now();
+    while !ctl.stop.load(Relaxed) {
+        let ready = ep.wait(&mut events, 10);
+        let now = Instant::now();
+        let measuring = ctl.measuring.load(Relaxed);
+        for ev in &events[..ready] {
+            let i = { ev.u64 } as usize;
+            for _ in 0..64 {
+                match socks[i].recv(&mut rx) {
+                    Ok(PAYLOAD) => {
+                        let slot = rx[0] as usize % WINDOW;
+                        let gen = u32::from_le_bytes(rx[1..5].try_into().unwrap());
+                        if slots[i][slot].0 != gen {
+                            continue; // answered after it was re-armed
+                        }
+                        counted += measuring as u64;
+                        if !seen[i] {
+                            seen[i] = true;
+                            ctl.answered.fetch_add(1, Relaxed);
+                        }
+                        slots[i][slot] = (gen.wrapping_add(1), now);
+                        send(&socks[i], &mut buf, slot, gen.wrapping_add(1));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {} // e.g. ICMP port unreachable reported on a connected socket
+                }
+            }
+        }
+        if now.duration_since(last_sweep) >= Duration::from_millis(20) {
+            last_sweep = now;
+            for (s, client) in socks.iter().zip(slots.iter_mut()) {
+                for (slot, (gen, sent)) in client.iter_mut().enumerate() {
+                    if now.duration_since(*sent) >= REARM {
+                        rearms += measuring as u64;
+                        (*gen, *sent) = (gen.wrapping_add(1), now);
+                        send(s, &mut buf, slot, *gen);
+                    }
+                }
+            }
+        }
+    }
+    // Drain late replies so they do not reach the next run: until 50 ms of quiet, at most 500 ms.
+    let end = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < end {
+        let ready = ep.wait(&mut events, 50);
+        if ready == 0 {
+            break;
+        }
+        for ev in &events[..ready] {
+            let i = { ev.u64 } as usize;
+            for _ in 0..64 {
+                if matches!(socks[i].recv(&mut rx), Err(e) if e.kind() == ErrorKind::WouldBlock) {
+                    break;
+                }
+            }
+        }
+    }
+    ctl.counted.fetch_add(counted, Relaxed);
+    ctl.rearms.fetch_add(rearms, Relaxed);
+}
+
+/// N fresh client sockets each send one datagram at (nearly) the same instant, from one thread, in a
+/// tight loop. Returns (answered within BURST_WAIT, ms from the first send to the last answer).
+fn burst(to: SocketAddr, n: usize) -> Res<(usize, f64)> {
+    let socks = client_pool(to, n)?;
+    let ep = Epoll::new(&socks);
+    let mut got = vec![false; n];
+    let (mut answered, mut last) = (0, 0.0);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut rx = [0u8; 2048];
+    let t0 = Instant::now();
+    for s in &socks {
+        let _ = s.send(&[0x42; PAYLOAD]);
+    }
+    while answered < n && t0.elapsed() < BURST_WAIT {
+        let left = BURST_WAIT.saturating_sub(t0.elapsed()).as_millis() as i32 + 1;
+        let ready = ep.wait(&mut events, left.min(100));
+        for ev in &events[..ready] {
+            let i = { ev.u64 } as usize;
+            for _ in 0..64 {
+                match socks[i].recv(&mut rx) {
+                    Ok(_) if !got[i] => {
+                        got[i] = true;
+                        answered += 1;
+                        last = t0.elapsed().as_secs_f64() * 1e3;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    Ok((answered, last))
+}
+
+// ---------------------------------------------------------------------------------------------- tools
+
+/// Level-triggered epoll set over some sockets; an event's data is the socket's index.
+struct Epoll(RawFd);
+
+impl Epoll {
+    fn new(socks: &[UdpSocket]) -> Epoll {
+        // SAFETY: plain syscalls; `ev` outlives each call.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(fd >= 0, "epoll_create1: {}", io::Error::last_os_error());
+        for (i, s) in socks.iter().enumerate() {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            let r = unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) };
+            assert_eq!(r, 0, "epoll_ctl: {}", io::Error::last_os_error());
+        }
+        Epoll(fd)
+    }
+
+    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> usize {
+        // SAFETY: the buffer is valid for events.len() entries.
+        let n = unsafe {
+            libc::epoll_wait(self.0, events.as_mut_ptr(), events.len() as i32, timeout_ms)
+        };
+        n.max(0) as usize
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: we own this descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Memory and size of a process (from /proc): RSS and peak RSS in MiB, threads, open descriptors.
+struct Mem {
+    rss: f64,
+    hwm: f64,
+    threads: f64,
+    fds: usize,
+}
+
+fn proc_status(pid: u32) -> Mem {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("");
+        line.split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    Mem {
+        rss: field("VmRSS:") / 1024.0,
+        hwm: field("VmHWM:") / 1024.0,
+        threads: field("Threads:"),
+        fds,
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+type Burst = (usize, (usize, f64), (usize, f64));
+
+fn table(
+    out: &mut String,
+    lat: &[Vec<Lat>; 2],
+    rate: &[[Vec<f64>; 2]],
+    bursts: &[Burst],
+    mem: &(Mem, Mem),
+) {
+    let _ = writeln!(out, "{}", header());
+    let _ = writeln!(
+        out,
+        "median of {REPS} repetitions; ratio = tunnel / direct; payload {PAYLOAD} B\n"
+    );
+    let _ = writeln!(out, "| measure | direct | tunnel | ratio | target | |");
+    let _ = writeln!(out, "|---|--:|--:|--:|---|---|");
+    for (name, pick, limit) in [("RTT p50, 1 client", 0, 2.6), ("RTT p99, 1 client", 1, 3.0)] {
+        let m = |p: usize| {
+            median(
+                &lat[p]
+                    .iter()
+                    .map(|l| [l.p50, l.p99][pick])
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (d, t) = (m(0), m(1));
+        let _ = writeln!(
+            out,
+            "| {name} | {d:.1} µs | {t:.1} µs | {:.2} | ≤ {limit}× direct | {} |",
+            t / d,
+            verdict(t / d <= limit)
+        );
+    }
+    let r16 = median(&rate[1][1]);
+    for (i, n) in RATE_CLIENTS.iter().enumerate() {
+        let (d, t) = (median(&rate[i][0]), median(&rate[i][1]));
+        let target = match n {
+            16 => format!("≥ 0.33× direct | {} |", verdict(t / d >= 0.33)),
+            1000 => format!(
+                "≥ 0.9× 16-client tunnel ({:.2}×) | {} |",
+                t / r16,
+                verdict(t / r16 >= 0.9)
+            ),
+            _ => " | |".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| echo round trips/s, {n} clients | {d:.0} | {t:.0} | {:.2} | {target}",
+            t / d
+        );
+    }
+    for (n, (da, dl), (ta, tl)) in bursts {
+        let target = if *n == 256 {
+            format!(
+                "all answered, last ≤ 1000 ms | {} |",
+                verdict(ta == n && *tl <= 1000.0)
+            )
+        } else {
+            " | |".into()
+        };
+        let _ = writeln!(
+            out,
+            "| burst {n}: answered, last at | {da}/{n}, {dl:.1} ms | {ta}/{n}, {tl:.1} ms | | {target}"
+        );
+    }
+    for (name, m) in [("relay", &mem.0), ("inside", &mem.1)] {
+        let target = match name {
+            "inside" => format!("RSS ≤ 32 MiB | {} |", verdict(m.rss <= 32.0)),
+            _ => " | |".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {name} at 1000 tunnels: RSS (peak), threads, fds | | {:.1} MiB ({:.1}), {}, {} | | {target}",
+            m.rss, m.hwm, m.threads, m.fds
+        );
+    }
+}
