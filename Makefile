@@ -30,7 +30,7 @@ bench:
 	$(CARGO) bench --bench tunnel
 
 demo: build
-	bash tests/demo.sh $(RELEASE)
+	$(CARGO) run --release --example demo -- $(RELEASE)
 
 # Fully static, stripped binaries for routers and small hosts: target/static/$(BIN)-{x86_64,aarch64}.
 # aarch64 links with rust-lld (.cargo/config.toml); needs `rustup target add <arch>-unknown-linux-musl`.
