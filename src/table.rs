@@ -244,7 +244,7 @@ impl Table {
 
     /// Mark `addr` as possibly a known tunnel's new address, so its data waits for the challenge's answer.
     pub fn expect_roam(&mut self, addr: SocketAddr, now: Instant) {
-        if self.peers.get(&addr).is_none() {
+        if !self.peers.contains_key(&addr) {
             self.held.insert(
                 addr,
                 Held {
