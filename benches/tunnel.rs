@@ -56,8 +56,8 @@ fn run() -> Res<()> {
     let logs = Path::new(BIN).parent().unwrap().join("bench-logs");
     fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     let echo = Echo::start()?;
-    let mut out = header();
-    println!("{out}");
+    let head = header();
+    println!("{head}");
 
     // Phase 1: latency and rates, 3 repetitions, then RSS while the 1000 clients hold their tunnels.
     // Tunnels used: probe + latency client + 1000 pool clients (the smaller runs reuse the pool's first
@@ -91,6 +91,7 @@ fn run() -> Res<()> {
         }
         mem = Some((proc_status(tun.relay.pid()), proc_status(tun.inside.pid())));
     }
+    let cmds = tun.cmds.clone();
     let stops = tun.stop();
     drop((direct_pool, tunnel_pool));
 
@@ -107,7 +108,7 @@ fn run() -> Res<()> {
         t.stop();
     }
 
-    out.clear();
+    let mut out = format!("{head}\nload average at the end: {}\n{cmds}\n", loadavg());
     table(&mut out, &lat, &rate, &bursts, &mem.unwrap());
     for (name, (status, took)) in ["relay", "inside"].iter().zip(stops) {
         let _ = writeln!(
@@ -173,11 +174,18 @@ fn header() -> String {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
         "reverse-udp-tunnel benchmark: `cargo bench --bench tunnel` (= `make bench`)\n\
-         machine: nproc {}, CPU {}, Linux {}",
+         machine: nproc {}, CPU {}, Linux {}; load average at the start: {}",
         thread::available_parallelism().map_or(0, |n| n.get()),
         model.unwrap_or("?"),
-        kernel.trim()
+        kernel.trim(),
+        loadavg()
     )
+}
+
+/// The 1, 5 and 15 minute load averages: the machine is shared, this tells how busy it was.
+fn loadavg() -> String {
+    let l = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 fn bind_loopback() -> io::Result<UdpSocket> {
@@ -361,6 +369,7 @@ struct Tunnel {
     relay: Agent,
     inside: Agent,
     addr: SocketAddr,
+    cmds: String,
 }
 
 impl Tunnel {
@@ -385,10 +394,6 @@ impl Tunnel {
             ];
             inside_args.extend(common);
             inside_args.extend(["--spares".to_string(), SPARES.to_string()]);
-            if attempt == 1 {
-                println!("[{tag}] relay:  {bin} {}", relay_args.join(" "));
-                println!("[{tag}] inside: {bin} {}", inside_args.join(" "));
-            }
             let relay = Agent::spawn(
                 bin,
                 format!("relay ({tag})"),
@@ -401,14 +406,32 @@ impl Tunnel {
                 &inside_args,
                 logs.join(format!("{tag}-inside.log")),
             )?;
+            let cmds = format!(
+                "relay:  {bin} {}\ninside: {bin} {}",
+                relay_args.join(" "),
+                inside_args.join(" ")
+            );
+            if attempt == 1 {
+                println!("[{tag}] {}", cmds.replace('\n', &format!("\n[{tag}] ")));
+            }
             let mut t = Tunnel {
                 relay,
                 inside,
                 addr,
+                cmds,
             };
             match t.probe() {
                 Ok(ms) => {
-                    println!("[{tag}] tunnel ready after {ms} ms");
+                    // Let the spare pool fill (one socket per tunnel, + the probe's) before measuring.
+                    let (want, t0) = (SPARES.parse::<usize>().unwrap() + 1, Instant::now());
+                    while sockets(t.inside.pid()) < want && t0.elapsed() < Duration::from_secs(5) {
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    let (have, spare_ms) = (sockets(t.inside.pid()), t0.elapsed().as_millis());
+                    thread::sleep(Duration::from_millis(100)); // their keepalives reach the relay
+                    println!(
+                        "[{tag}] ready after {ms} ms; inside: {have} sockets {spare_ms} ms later"
+                    );
                     return Ok(t);
                 }
                 Err(e) => last_err = e,
@@ -708,12 +731,12 @@ impl Drop for Epoll {
     }
 }
 
-/// Memory and size of a process (from /proc): RSS and peak RSS in MiB, threads, open descriptors.
+/// Memory and size of a process (from /proc): RSS and peak RSS in MiB, threads, sockets.
 struct Mem {
     rss: f64,
     hwm: f64,
     threads: f64,
-    fds: usize,
+    sockets: usize,
 }
 
 fn proc_status(pid: u32) -> Mem {
@@ -728,13 +751,25 @@ fn proc_status(pid: u32) -> Mem {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(f64::NAN)
     };
-    let fds = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
     Mem {
         rss: field("VmRSS:") / 1024.0,
         hwm: field("VmHWM:") / 1024.0,
         threads: field("Threads:"),
-        fds,
+        sockets: sockets(pid),
     }
+}
+
+/// Distinct sockets a process holds (a socket shared by several descriptors counts once).
+fn sockets(pid: u32) -> usize {
+    let links = fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    let names = links.filter_map(|e| fs::read_link(e.path()).ok());
+    let socks: std::collections::HashSet<_> = names
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .collect();
+    socks.len()
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -760,7 +795,6 @@ fn table(
     bursts: &[Burst],
     mem: &(Mem, Mem),
 ) {
-    let _ = writeln!(out, "{}", header());
     let _ = writeln!(
         out,
         "median of {REPS} repetitions; ratio = tunnel / direct; payload {PAYLOAD} B\n"
@@ -796,9 +830,10 @@ fn table(
             ),
             _ => " | |".into(),
         };
+        let clients = if *n == 1 { "client" } else { "clients" };
         let _ = writeln!(
             out,
-            "| echo round trips/s, {n} clients | {d:.0} | {t:.0} | {:.2} | {target}",
+            "| echo round trips/s, {n} {clients} | {d:.0} | {t:.0} | {:.2} | {target}",
             t / d
         );
     }
@@ -823,8 +858,8 @@ fn table(
         };
         let _ = writeln!(
             out,
-            "| {name} at 1000 tunnels: RSS (peak), threads, fds | | {:.1} MiB ({:.1}), {}, {} | | {target}",
-            m.rss, m.hwm, m.threads, m.fds
+            "| {name} at 1000 tunnels: RSS (peak), threads, sockets | | {:.1} MiB ({:.1}), {}, {} | | {target}",
+            m.rss, m.hwm, m.threads, m.sockets
         );
     }
 }
