@@ -1,0 +1,242 @@
+# shellcheck shell=bash
+# Helpers for tests/e2e/run.sh: the namespace topology, processes, WireGuard, agents, probes.
+# Sourced, not run. Every address used lives inside the namespaces created here (see README.md).
+
+# ---- names and constants -------------------------------------------------------------------------
+RUN_ID=$(od -An -N2 -tx2 /dev/urandom | tr -d ' \n')
+while compgen -G "/var/run/netns/rut${RUN_ID}-*" >/dev/null || compgen -G "/var/run/wireguard/w${RUN_ID}*" >/dev/null; do
+  RUN_ID=$(od -An -N2 -tx2 /dev/urandom | tr -d ' \n')
+done
+P="rut${RUN_ID}"
+NS_HOME=$P-home NS_HNAT=$P-hnat NS_CGN=$P-cgnat NS_NET=$P-inet NS_RELAY=$P-relay
+CLIENTS=(1 2 3 6)               # c1..c3: IPv4 clients; c6: IPv6-only client
+ALL_NS=("$NS_HOME" "$NS_HNAT" "$NS_CGN" "$NS_NET" "$NS_RELAY")
+for _c in "${CLIENTS[@]}"; do ALL_NS+=("$P-c$_c"); done
+
+RELAY_V4=203.0.113.10 RELAY_V6=2001:db8:1::10 RELAY_NAME=relay.e2e.test RELAY_PORT=1234
+CGN_PUBLIC=198.51.100.2
+WG_PORT=51820 WG_SRV_IF=w${RUN_ID}srv WG_SRV_ADDR=10.99.0.1
+KEY="e2e-secret-$RUN_ID"
+CGN_UDP_TIMEOUT=10              # baseline CG-NAT UDP conntrack timeout (s), > every keepalive used
+KA=2 CONN_TIMEOUT=20            # agents' default --keepaliveInterval / --connectionTimeout
+
+TMPD=$(mktemp -d /tmp/rut-e2e.XXXXXX)
+SD=$TMPD                        # per-scenario log directory, set by run.sh
+declare -A PID_OF=()            # name -> pid of every background process we started
+WARNINGS=()
+
+# ---- small utilities ---------------------------------------------------------------------------
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+now_us() { echo "${EPOCHREALTIME/./}"; }
+s_to_us() { awk -v s="$1" 'BEGIN { printf "%.0f", s * 1000000 }'; }
+fmt_s() { printf '%d.%03d' $(($1 / 1000000)) $((($1 % 1000000) / 1000)); }
+log() { printf '%s %s\n' "$(date +%H:%M:%S.%3N)" "$*" >&2; }
+
+# wait_until SECONDS CMD...: run CMD every 0.1 s until it succeeds (0) or SECONDS have passed (1).
+wait_until() {
+  local end=$(($(now_us) + $(s_to_us "$1"))); shift
+  until "$@" >/dev/null 2>&1; do
+    (($(now_us) < end)) || return 1
+    sleep 0.1
+  done
+}
+
+# ---- background processes ----------------------------------------------------------------------
+# bg_start NAME LOGFILE NS CMD...: start CMD in namespace NS, stdout+stderr appended to LOGFILE.
+bg_start() {
+  local name=$1 logf=$2 ns=$3; shift 3
+  ip netns exec "$ns" "$@" >>"$logf" 2>&1 &
+  PID_OF[$name]=$!
+}
+alive() { [[ -n ${PID_OF[$1]:-} ]] && kill -0 "${PID_OF[$1]}" 2>/dev/null; }
+
+# bg_stop NAME [SIGNAL]: stop a process (SIGTERM by default), SIGKILL after 3 s; sets STOP_RC, STOP_MS.
+bg_stop() {
+  local name=$1 sig=${2:-TERM} pid=${PID_OF[$1]:-} t0 i
+  STOP_RC=0 STOP_MS=0
+  [[ -n $pid ]] || return 0
+  t0=$(now_us)
+  [[ $sig == KILL ]] && disown "$pid"   # no "Killed" job notice on stderr; the status is not needed
+  kill -s "$sig" "$pid" 2>/dev/null || true
+  for ((i = 0; i < 30; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null || STOP_RC=$?
+  STOP_MS=$((($(now_us) - t0) / 1000))
+  unset "PID_OF[$name]"
+}
+
+# ---- topology ----------------------------------------------------------------------------------
+# veth NS_A IF_A NS_B IF_B: a cable between two namespaces (never touches the host namespace).
+veth() {
+  ip -n "$1" link add "$2" type veth peer name "$4" netns "$3"
+  ip -n "$1" link set "$2" up
+  ip -n "$3" link set "$4" up
+}
+addr() { ip -n "$1" addr add "$3" dev "$2" nodad 2>/dev/null || ip -n "$1" addr add "$3" dev "$2"; }
+v4only() { nsx "$1" sysctl -qw "net.ipv6.conf.$2.disable_ipv6=1"; }
+
+cgn_timeout() {                 # cgn_timeout SECONDS: UDP conntrack timeouts in the CG-NAT namespace
+  nsx "$NS_CGN" sysctl -qw net.netfilter.nf_conntrack_udp_timeout="$1" \
+    net.netfilter.nf_conntrack_udp_timeout_stream="$1"
+}
+
+topo_up() {
+  local ns c
+  for ns in "${ALL_NS[@]}"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+  # home host --- home router (NAT) --- CG-NAT --- internet router --- relay / clients
+  veth "$NS_HOME" eth0 "$NS_HNAT" lan0
+  veth "$NS_HNAT" wan0 "$NS_CGN" in0
+  veth "$NS_CGN" out0 "$NS_NET" cgn0
+  veth "$NS_NET" rly0 "$NS_RELAY" eth0
+  for ns in "$NS_HOME" "$NS_HNAT" "$NS_CGN"; do nsx "$ns" sysctl -qw net.ipv4.ip_forward=1; done
+  v4only "$NS_HOME" eth0; v4only "$NS_HNAT" lan0; v4only "$NS_HNAT" wan0
+  v4only "$NS_CGN" in0; v4only "$NS_CGN" out0; v4only "$NS_NET" cgn0
+
+  addr "$NS_HOME" eth0 10.0.1.2/24
+  ip -n "$NS_HOME" route add default via 10.0.1.1
+  addr "$NS_HNAT" lan0 10.0.1.1/24
+  addr "$NS_HNAT" wan0 100.64.0.2/24
+  ip -n "$NS_HNAT" route add default via 100.64.0.1
+  nsx "$NS_HNAT" iptables -t nat -A POSTROUTING -o wan0 -j MASQUERADE
+  addr "$NS_CGN" in0 100.64.0.1/24
+  addr "$NS_CGN" out0 "$CGN_PUBLIC/24"
+  ip -n "$NS_CGN" route add default via 198.51.100.1
+  nsx "$NS_CGN" iptables -t nat -A POSTROUTING -o out0 -j MASQUERADE --random-fully
+  cgn_timeout "$CGN_UDP_TIMEOUT"
+
+  # The internet router: no default route and no route to 100.64.0.0/10 or 10.0.0.0/8.
+  nsx "$NS_NET" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+  addr "$NS_NET" cgn0 198.51.100.1/24
+  addr "$NS_NET" rly0 203.0.113.1/24
+  addr "$NS_NET" rly0 2001:db8:1::1/64
+  ip -n "$NS_NET" link add br0 type bridge
+  ip -n "$NS_NET" link set br0 up
+  addr "$NS_NET" br0 192.0.2.1/24
+  addr "$NS_NET" br0 2001:db8:2::1/64
+  addr "$NS_RELAY" eth0 "$RELAY_V4/24"
+  addr "$NS_RELAY" eth0 "$RELAY_V6/64"
+  ip -n "$NS_RELAY" route add default via 203.0.113.1
+  ip -n "$NS_RELAY" -6 route add default via 2001:db8:1::1
+
+  for c in "${CLIENTS[@]}"; do
+    ns=$P-c$c
+    veth "$ns" eth0 "$NS_NET" "c$c"
+    ip -n "$NS_NET" link set "c$c" master br0
+    if [[ $c == 6 ]]; then        # IPv6 only
+      addr "$ns" eth0 "2001:db8:2::1$c/64"
+      ip -n "$ns" -6 route add default via 2001:db8:2::1
+    else
+      v4only "$ns" eth0
+      addr "$ns" eth0 "192.0.2.1$c/24"
+      ip -n "$ns" route add default via 192.0.2.1
+    fi
+  done
+
+  # The inside agent reaches the relay by name: ip netns exec bind-mounts /etc/netns/NS/hosts.
+  mkdir -p "/etc/netns/$NS_HOME"
+  printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n%s %s\n' "$RELAY_V4" "$RELAY_NAME" \
+    >"/etc/netns/$NS_HOME/hosts"
+
+  mkdir -p "$TMPD/keys"
+  for c in srv "${CLIENTS[@]}" hd cd; do
+    (umask 077 && wg genkey >"$TMPD/keys/$c.key")
+    wg pubkey <"$TMPD/keys/$c.key" >"$TMPD/keys/$c.pub"
+  done
+}
+
+topo_down() {
+  local ns pid
+  for ns in "${ALL_NS[@]}"; do
+    [[ -e /var/run/netns/$ns ]] || continue
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+  done
+  for ns in "${ALL_NS[@]}"; do
+    if [[ -e /var/run/netns/$ns ]]; then ip netns del "$ns" 2>/dev/null || true; fi
+  done
+  rm -rf "/etc/netns/$NS_HOME"
+  rm -f /var/run/wireguard/w"${RUN_ID}"*.sock
+}
+
+# ---- WireGuard (wireguard-go) ------------------------------------------------------------------
+# wg_iface NS IF CIDR KEYNAME [LISTEN_PORT]: start wireguard-go and give it a key and an address.
+wg_iface() {
+  local ns=$1 ifc=$2 cidr=$3 keyf=$TMPD/keys/$4.key port=${5:-}
+  bg_start "wg-$ifc" "$SD/wg-$ifc.log" "$ns" \
+    env WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wireguard-go -f "$ifc"
+  wait_until 5 nsx "$ns" wg show "$ifc" || { log "wireguard-go $ifc did not start"; return 1; }
+  nsx "$ns" wg set "$ifc" private-key "$keyf" ${port:+listen-port "$port"} || return 1
+  addr "$ns" "$ifc" "$cidr" || return 1
+  ip -n "$ns" link set "$ifc" mtu 1420 up
+}
+
+wg_server_up() {                # the home WireGuard server, listening on port 51820, all clients as peers
+  local c
+  wg_iface "$NS_HOME" "$WG_SRV_IF" "$WG_SRV_ADDR/24" srv "$WG_PORT" || return 1
+  for c in "${CLIENTS[@]}"; do
+    nsx "$NS_HOME" wg set "$WG_SRV_IF" peer "$(cat "$TMPD/keys/$c.pub")" allowed-ips "10.99.0.1$c/32" || return 1
+  done
+}
+wg_server_down() { bg_stop "wg-$WG_SRV_IF"; }
+
+# wg_client_up N [PERSISTENT_KEEPALIVE]: client cN, Endpoint = the relay (IPv6 for c6).
+wg_client_up() {
+  local c=$1 ka=${2:-2} ep="$RELAY_V4:$RELAY_PORT" ns=$P-c$1 ifc=w${RUN_ID}c$1
+  [[ $c == 6 ]] && ep="[$RELAY_V6]:$RELAY_PORT"
+  wg_iface "$ns" "$ifc" "10.99.0.1$c/24" "$c" || return 1
+  nsx "$ns" wg set "$ifc" peer "$(cat "$TMPD/keys/srv.pub")" endpoint "$ep" \
+    allowed-ips 10.99.0.0/24 persistent-keepalive "$ka"
+}
+wg_client_down() { bg_stop "wg-w${RUN_ID}c$1"; }
+
+# srv_endpoint N: the endpoint the WireGuard server currently has for client cN ("(none)" if none).
+srv_endpoint() {
+  nsx "$NS_HOME" wg show "$WG_SRV_IF" endpoints | awk -v k="$(cat "$TMPD/keys/$1.pub")" '$1 == k { print $2 }'
+}
+
+# ---- the agents under test ---------------------------------------------------------------------
+relay_start() {                 # outside relay, dual stack on port 1234
+  bg_start relay "$SD/relay.log" "$NS_RELAY" "$BIN" -l "$RELAY_PORT" -k "$KEY" \
+    --keepaliveInterval "$KA" --logLevel 3
+  wait_until 5 relay_listening || { log "relay is not listening on UDP $RELAY_PORT"; return 1; }
+}
+relay_listening() { alive relay && [[ -n $(nsx "$NS_RELAY" ss -Hlun "sport = :$RELAY_PORT") ]]; }
+
+inside_start() {                # inside agent on the home host
+  bg_start inside "$SD/inside.log" "$NS_HOME" "$BIN" -s "localhost:$WG_PORT" -o "$RELAY_NAME:$RELAY_PORT" \
+    -k "$KEY" --keepaliveInterval "$KA" --connectionTimeout "$CONN_TIMEOUT" --logLevel 3
+  sleep 0.1
+  alive inside || { log "inside agent exited at once"; return 1; }
+}
+
+# agent_stop NAME: SIGTERM; the contract says exit 0 within 1 s. Deviations become warnings.
+agent_stop() {
+  [[ -n ${PID_OF[$1]:-} ]] || return 0
+  if ! alive "$1"; then
+    bg_stop "$1"
+    WARNINGS+=("$SCEN: $1 agent had exited by itself (status $STOP_RC)")
+    return 0
+  fi
+  bg_stop "$1"
+  if ((STOP_RC != 0 || STOP_MS > 1000)); then
+    WARNINGS+=("$SCEN: $1 agent: exit status $STOP_RC ${STOP_MS} ms after SIGTERM (expected 0 within 1000 ms)")
+  fi
+}
+
+# ---- probes ------------------------------------------------------------------------------------
+ping_ok() { nsx "$1" ping -n -q -c 1 -W "${3:-1}" "$2" >/dev/null 2>&1; }
+
+# probe_start NAME NS DST: continuous ping every 0.1 s, replies timestamped (ping -D) in a file.
+probe_start() { bg_start "probe-$1" "$SD/probe-$1.txt" "$2" ping -D -n -i 0.1 -W 1 "$3"; }
+probe_stop() { bg_stop "probe-$1"; }
+# probe_first_after NAME T_US: µs timestamp of the first reply received after T_US (empty if none yet).
+probe_first_after() {
+  awk -v t="$2" '/bytes from/ && substr($1, 1, 1) == "[" {
+      ts = substr($1, 2, length($1) - 2); sub(/\./, "", ts)
+      if (ts + 0 > t + 0) { print ts; exit } }' "$SD/probe-$1.txt"
+}
+probe_replies_after() {
+  awk -v t="$2" '/bytes from/ && substr($1, 1, 1) == "[" {
+      ts = substr($1, 2, length($1) - 2); sub(/\./, "", ts); if (ts + 0 > t + 0) n++ }
+      END { print n + 0 }' "$SD/probe-$1.txt"
+}
+has_reply_after() { [[ -n $(probe_first_after "$1" "$2") ]]; }

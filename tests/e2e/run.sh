@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# End-to-end suite in network namespaces: home NAT, carrier-grade NAT, relay, real WireGuard.
+# Usage: run.sh BINARY [SCENARIO...]   run.sh --list   (topology and scenarios: README.md)
+set -euo pipefail
+export LC_ALL=C
+
+SCENARIOS=(topology wg_iperf three_clients cgnat_flush cgnat_timeout inside_restart relay_restart
+  loss server_restart ipv6_client)
+
+usage() { echo "usage: $0 BINARY [SCENARIO...]   scenarios: ${SCENARIOS[*]}" >&2; exit 2; }
+[[ ${1:-} == --list ]] && { printf '%s\n' "${SCENARIOS[@]}"; exit 0; }
+[[ $# -ge 1 ]] || usage
+BIN=$(realpath -e "$1" 2>/dev/null || true)
+[[ -n $BIN && -x $BIN ]] || { echo "e2e: not an executable: $1" >&2; exit 2; }
+shift
+SELECTED=("$@")
+[[ ${#SELECTED[@]} -gt 0 ]] || SELECTED=("${SCENARIOS[@]}")
+for s in "${SELECTED[@]}"; do [[ " ${SCENARIOS[*]} " == *" $s "* ]] || { echo "e2e: unknown scenario: $s" >&2; usage; }; done
+
+# Prerequisites: skip on a developer machine, fail loudly in CI.
+unmet() {
+  if [[ -n ${CI:-} ]]; then echo "e2e: FAIL: $1 (CI is set, so this is an error)" >&2; exit 1; fi
+  echo "e2e: SKIP: $1"; exit 0
+}
+[[ $(id -u) == 0 ]] || unmet "needs root (network namespaces)"
+[[ -c /dev/net/tun ]] || unmet "needs /dev/net/tun (wireguard-go)"
+for cmd in ip iptables conntrack wireguard-go wg ping iperf3 ss awk od; do
+  command -v "$cmd" >/dev/null || unmet "missing command: $cmd"
+done
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+NPASS=0 NFAIL=0 SCEN=setup MSG=""
+cleanup() {
+  local rc=$? name
+  trap - EXIT INT TERM
+  disown -a 2>/dev/null || true   # no "Killed" job notices while tearing down
+  for name in "${!PID_OF[@]}"; do kill -TERM "${PID_OF[$name]}" 2>/dev/null || true; done
+  topo_down
+  if [[ $SCEN == setup ]] && ((rc != 0 && rc < 128)); then
+    echo "FAIL setup: building the topology failed (see above)"
+    echo "e2e: 0 passed, 1 failed"
+  fi
+  if ((rc == 0 && NFAIL == 0)) && [[ -z ${E2E_KEEP_LOGS:-} ]]; then rm -rf "$TMPD"; else echo "e2e: logs kept in $TMPD" >&2; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "e2e: interrupted" >&2; exit 130' INT
+trap 'echo "e2e: terminated" >&2; exit 143' TERM
+
+# ---- scenario scaffolding ----------------------------------------------------------------------
+fail() { MSG=$*; return 1; }
+agents_up() {
+  relay_start || { fail "relay did not start"; return 1; }
+  inside_start || { fail "inside agent did not start"; return 1; }
+}
+# wg_ping N [SECONDS]: wait until client cN pings the WireGuard server through the tunnel; sets WAITED.
+wg_ping() {
+  local t0
+  t0=$(now_us)
+  wait_until "${2:-15}" ping_ok "$P-c$1" "$WG_SRV_ADDR" || fail "client c$1: no ping through the tunnel within ${2:-15} s"
+  WAITED=$(fmt_s $(($(now_us) - t0)))
+}
+# ping_count NS DST N: answered pings out of N (0.1 s apart).
+ping_count() { nsx "$1" ping -n -q -c "$3" -i 0.1 -W 1 "$2" 2>/dev/null | awk '/received/ { print $4 }'; }
+client() { wg_client_up "$@" || fail "client c$1: wireguard-go did not start"; }
+loopback_ep() { [[ $1 == 127.0.0.1:* || $1 == "[::1]:"* ]]; }
+port_of() { echo "${1##*:}"; }
+
+# reset between scenarios: agents (SIGTERM, checked), then everything else we started; clean NAT state.
+scenario_reset() {
+  local name
+  agent_stop inside
+  agent_stop relay
+  for name in "${!PID_OF[@]}"; do bg_stop "$name"; done
+  nsx "$NS_CGN" iptables -F FORWARD
+  cgn_timeout "$CGN_UDP_TIMEOUT"
+  nsx "$NS_CGN" conntrack -F >/dev/null 2>&1 || true
+  nsx "$NS_HNAT" conntrack -F >/dev/null 2>&1 || true
+}
+
+run_one() {
+  local rc=0 f
+  SCEN=$1 SD=$TMPD/$1 MSG=""
+  mkdir -p "$SD"
+  log "--- $SCEN"
+  if wg_server_up; then "sc_$SCEN" || rc=1; else rc=1 MSG="WireGuard server did not start"; fi
+  scenario_reset
+  if ((rc == 0)); then
+    echo "PASS $SCEN ($MSG)"; NPASS=$((NPASS + 1))
+  else
+    echo "FAIL $SCEN: $MSG"; NFAIL=$((NFAIL + 1))
+    for f in "$SD"/*.log; do [[ -s $f ]] && { echo "  --- tail of $f"; tail -n 25 "$f" | sed 's/^/  | /'; }; done
+  fi
+}
+
+# ---- scenarios ---------------------------------------------------------------------------------
+# The test bed itself: no path from the public side to private addresses; WireGuard through both NATs.
+sc_topology() {
+  local a ep hd=w${RUN_ID}hd cd=w${RUN_ID}cd
+  for a in 10.0.1.2 100.64.0.2 100.64.0.1; do
+    ping_ok "$NS_RELAY" "$a" 0.5 && { fail "relay pinged private address $a"; return 1; }
+    ping_ok "$P-c1" "$a" 0.5 && { fail "client pinged private address $a"; return 1; }
+  done
+  ping_ok "$NS_HOME" "$RELAY_V6" 0.5 && { fail "home host has IPv6 connectivity"; return 1; }
+  ping_ok "$NS_HOME" "$RELAY_V4" 2 || { fail "home host cannot ping the relay through both NATs"; return 1; }
+  # Direct WireGuard, no tool: home initiates through both NATs, the client learns the public endpoint.
+  if ! wg_iface "$NS_HOME" "$hd" 10.98.0.1/24 hd 51830 || ! wg_iface "$P-c1" "$cd" 10.98.0.2/24 cd 51831; then
+    fail "direct wireguard-go instances did not start"; return 1
+  fi
+  nsx "$NS_HOME" wg set "$hd" peer "$(cat "$TMPD/keys/cd.pub")" endpoint 192.0.2.11:51831 \
+    allowed-ips 10.98.0.2/32 persistent-keepalive 1
+  nsx "$P-c1" wg set "$cd" peer "$(cat "$TMPD/keys/hd.pub")" allowed-ips 10.98.0.1/32
+  wait_until 10 ping_ok "$P-c1" 10.98.0.1 || { fail "direct WireGuard through both NATs failed"; return 1; }
+  ep=$(nsx "$P-c1" wg show "$cd" endpoints | awk '{ print $2 }')
+  [[ $ep == "$CGN_PUBLIC":* ]] || { fail "client sees home at $ep, expected $CGN_PUBLIC:PORT"; return 1; }
+  MSG="public side cannot ping 10.0.1.2, 100.64.0.2, 100.64.0.1; home IPv4-only; direct WireGuard through"
+  MSG+=" both NATs works, home seen as $ep; CG-NAT UDP timeout $(nsx "$NS_CGN" sysctl -n net.netfilter.nf_conntrack_udp_timeout) s"
+}
+
+iperf_listening() { [[ -n $(nsx "$NS_HOME" ss -Hltn "sport = :5201") ]]; }
+# 1. WireGuard handshake + ping through the tunnel, then TCP throughput with iperf3.
+sc_wg_iperf() {
+  local out mbit
+  agents_up || return 1
+  client 1 && wg_ping 1 || return 1
+  bg_start iperf "$SD/iperf-server.log" "$NS_HOME" iperf3 -s -1 -B "$WG_SRV_ADDR" -p 5201
+  wait_until 5 iperf_listening || { fail "iperf3 server did not start"; return 1; }
+  out=$(timeout 30 ip netns exec "$P-c1" iperf3 -c "$WG_SRV_ADDR" -p 5201 -t 3 -f m 2>&1) \
+    || { echo "$out" >"$SD/iperf-client.log"; fail "iperf3 transfer did not complete"; return 1; }
+  echo "$out" >"$SD/iperf-client.log"
+  mbit=$(awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Mbits/sec") print $i }' <<<"$out")
+  awk -v m="${mbit:-0}" 'BEGIN { exit !(m > 0) }' || { fail "iperf3 measured ${mbit:-nothing} Mbit/s"; return 1; }
+  MSG="first ping after $WAITED s; iperf3 TCP over WireGuard, 3 s: $mbit Mbit/s"
+}
+
+# 2. Three clients at once: each gets its own tunnel (the server sees 3 distinct loopback endpoints).
+sc_three_clients() {
+  local c n eps=() got=()
+  agents_up || return 1
+  for c in 1 2 3; do client "$c" || return 1; done
+  for c in 1 2 3; do wg_ping "$c" || return 1; done
+  for c in 1 2 3; do
+    bg_start "ping$c" "$SD/ping-c$c.txt" "$P-c$c" ping -n -q -c 20 -i 0.1 -W 1 "$WG_SRV_ADDR"
+  done
+  for c in 1 2 3; do
+    wait_until 10 eval "! alive ping$c" || { fail "ping from c$c did not finish"; return 1; }
+    n=$(awk '/received/ { print $4 }' "$SD/ping-c$c.txt")
+    got+=("c$c ${n:-0}/20")
+    ((${n:-0} >= 18)) || { fail "concurrent pings: ${got[*]}"; return 1; }
+    eps+=("$(srv_endpoint "$c")")
+  done
+  for c in "${eps[@]}"; do loopback_ep "$c" || { fail "server endpoints ${eps[*]}: not all via the tool"; return 1; }; done
+  n=$(printf '%s\n' "${eps[@]}" | sort -u | wc -l)
+  ((n == 3)) || { fail "server sees ${eps[*]}: $n distinct endpoints, expected 3"; return 1; }
+  MSG="concurrent pings ${got[*]}; wg show endpoints on the server: ${eps[*]}"
+}
+
+# 3. The CG-NAT forgets every mapping: traffic resumes within keepaliveInterval + 1.5 s.
+sc_cgnat_flush() {
+  local t t0 tr limit
+  agents_up || return 1
+  client 1 && wg_ping 1 || return 1
+  probe_start p1 "$P-c1" "$WG_SRV_ADDR"
+  t=$(now_us)
+  wait_until 5 has_reply_after p1 "$t" || { fail "probe ping not answered"; return 1; }
+  t0=$(now_us)
+  nsx "$NS_CGN" conntrack -F >/dev/null 2>&1
+  # replies later than 10 ms after the flush cannot be from packets that crossed before it
+  wait_until 15 has_reply_after p1 $((t0 + 10000)) || { fail "no traffic within 15 s after conntrack -F"; return 1; }
+  tr=$(probe_first_after p1 $((t0 + 10000)))
+  limit=$(($(s_to_us "$KA") + 1500000))
+  (((tr - t0) <= limit)) || { fail "traffic resumed $(fmt_s $((tr - t0))) s after the flush, limit $(fmt_s "$limit") s"; return 1; }
+  MSG="traffic resumed $(fmt_s $((tr - t0))) s after conntrack -F in the CG-NAT (limit $(fmt_s "$limit") s)"
+}
+
+# CG-NAT mapping of the tunnel that carries client cN: inside port -> home router's port -> CG-NAT entry.
+hnat_port() {
+  nsx "$NS_HNAT" conntrack -L -p udp --orig-src 10.0.1.2 --orig-port-src "$1" 2>/dev/null |
+    awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^dport=/) d = substr($i, 7) } END { print d }'
+}
+cgn_mapped() {
+  [[ -n $(nsx "$NS_CGN" conntrack -L -p udp --orig-src 100.64.0.2 --orig-port-src "$1" 2>/dev/null) ]]
+}
+
+# 4. CG-NAT UDP timeout (3 s) shorter than the keepalive (6 s): an idle tunnel dies; keepalive 1 s fixes it.
+sc_cgnat_timeout() {
+  local to=3 i hp lost=0 ok=0
+  CONN_TIMEOUT=60 KA=6 agents_up || return 1
+  client 1 0 && wg_ping 1 20 || return 1   # persistent-keepalive 0: an idle client
+  hp=$(hnat_port "$(port_of "$(srv_endpoint 1)")")
+  [[ -n $hp ]] || { fail "cannot find the tunnel's mapping in the home router"; return 1; }
+  cgn_timeout "$to"
+  for i in 1 2 3; do
+    wait_until 10 cgn_mapped "$hp" || { fail "the inside keepalive did not re-create the CG-NAT mapping"; return 1; }
+    wait_until 12 eval "! cgn_mapped $hp" || { fail "CG-NAT mapping did not expire"; return 1; }
+    if ping_ok "$P-c1" "$WG_SRV_ADDR" 1; then ok=$((ok + 1)); else lost=$((lost + 1)); fi
+  done
+  ((lost == 3)) || { fail "keepalive 6 s > CG-NAT timeout $to s: $ok of 3 pings after idle answered, expected 0"; return 1; }
+  MSG="CG-NAT UDP timeout $to s: --keepaliveInterval 6: pings after the mapping expired lost $lost/3"
+  agent_stop inside; agent_stop relay; wg_client_down 1
+  CONN_TIMEOUT=60 KA=1 agents_up || return 1
+  client 1 0 && wg_ping 1 || return 1
+  for _ in 1 2 3; do
+    sleep $((to + 1))          # the client stays idle longer than the CG-NAT timeout
+    if ping_ok "$P-c1" "$WG_SRV_ADDR" 1; then ok=$((ok + 1)); fi
+  done
+  ((ok == 3)) || { fail "$MSG; but --keepaliveInterval 1: only $ok/3 pings after $((to + 1)) s idle answered"; return 1; }
+  MSG+="; --keepaliveInterval 1: pings after $((to + 1)) s idle answered $ok/3"
+}
+
+# kill_restart NAME LIMIT_S: kill -9 an agent, restart it at once, measure restart -> first reply.
+kill_restart() {
+  local t t0 tr limit
+  agents_up || return 1
+  client 1 && wg_ping 1 || return 1
+  probe_start p1 "$P-c1" "$WG_SRV_ADDR"
+  t=$(now_us)
+  wait_until 5 has_reply_after p1 "$t" || { fail "probe ping not answered"; return 1; }
+  bg_stop "$1" KILL
+  t0=$(now_us)
+  "${1}_start" || { fail "$1 did not restart"; return 1; }
+  wait_until 15 has_reply_after p1 "$t0" || { fail "no traffic within 15 s of the $1 restart"; return 1; }
+  tr=$(probe_first_after p1 "$t0")
+  limit=$(s_to_us "$2")
+  (((tr - t0) <= limit)) || { fail "traffic resumed $(fmt_s $((tr - t0))) s after the $1 restart, limit $2 s"; return 1; }
+  MSG="kill -9 $1, restart: traffic resumed $(fmt_s $((tr - t0))) s after the restart (limit $2 s)"
+}
+# 5. Inside agent killed and restarted: traffic within 2 s.   6. Relay: within keepaliveInterval + 1.5 s.
+sc_inside_restart() { kill_restart inside 2; }
+sc_relay_restart() { kill_restart relay "$(awk -v k="$KA" 'BEGIN { print k + 1.5 }')"; }
+
+# 7. 10 % random loss each way through the CG-NAT: tunnels are set up and WireGuard stays usable.
+sc_loss() {
+  local n drops
+  nsx "$NS_CGN" iptables -A FORWARD -i in0 -m statistic --mode random --probability 0.1 -j DROP
+  nsx "$NS_CGN" iptables -A FORWARD -i out0 -m statistic --mode random --probability 0.1 -j DROP
+  agents_up || return 1
+  client 1 && wg_ping 1 30 || return 1
+  n=$(ping_count "$P-c1" "$WG_SRV_ADDR" 50)
+  drops=$(nsx "$NS_CGN" iptables -L FORWARD -v -n -x | awk '/statistic/ { s += $1 } END { print s + 0 }')
+  # a ping crosses the CG-NAT twice: expect 0.9^2 = 81 % answered; 60 % leaves a wide statistical margin
+  ((${n:-0} >= 30)) || { fail "only ${n:-0}/50 pings answered under 10 % loss (need 30)"; return 1; }
+  MSG="tunnel + handshake after $WAITED s; ${n}/50 pings answered (expected ~81 %, need 60 %); $drops packets dropped"
+}
+
+# 8. WireGuard server stopped for 2 s and started again: clients recover, no agent restarted.
+sc_server_restart() {
+  local c t t0 tr pin prl res=()
+  agents_up || return 1
+  for c in 1 2; do client "$c" && wg_ping "$c" || return 1; done
+  pin=${PID_OF[inside]} prl=${PID_OF[relay]}
+  t=$(now_us)
+  for c in 1 2; do probe_start "p$c" "$P-c$c" "$WG_SRV_ADDR"; done
+  for c in 1 2; do wait_until 5 has_reply_after "p$c" "$t" || { fail "probe ping not answered"; return 1; }; done
+  wg_server_down
+  sleep 2
+  t0=$(now_us)
+  (($(probe_replies_after p1 $((t0 - 1500000))) == 0)) || { fail "pings answered while the server was down"; return 1; }
+  wg_server_up || { fail "WireGuard server did not restart"; return 1; }
+  for c in 1 2; do
+    wait_until 40 has_reply_after "p$c" "$t0" || { fail "client c$c did not recover within 40 s"; return 1; }
+    tr=$(probe_first_after "p$c" "$t0")
+    res+=("c$c $(fmt_s $((tr - t0))) s")
+  done
+  if ! alive inside || ! alive relay || [[ ${PID_OF[inside]} != "$pin" || ${PID_OF[relay]} != "$prl" ]]; then
+    fail "an agent died"; return 1
+  fi
+  MSG="server down 2 s; recovered after restart: ${res[*]}; agents kept running"
+}
+
+# 9. IPv6-only client reaches the relay over IPv6; the home side has IPv4 only.
+sc_ipv6_client() {
+  local e6 e1 w6
+  agents_up || return 1
+  client 6 && wg_ping 6 || return 1
+  w6=$WAITED
+  client 1 && wg_ping 1 || return 1
+  e6=$(srv_endpoint 6) e1=$(srv_endpoint 1)
+  if ! loopback_ep "$e6" || ! loopback_ep "$e1" || [[ $e6 == "$e1" ]]; then
+    fail "server endpoints c6 $e6, c1 $e1: expected two distinct tunnels"; return 1
+  fi
+  MSG="IPv6-only client via [$RELAY_V6]:$RELAY_PORT pinged after $w6 s (server sees $e6), IPv4 client alongside ($e1)"
+}
+
+# ---- main --------------------------------------------------------------------------------------
+log "run $RUN_ID, binary $BIN, logs in $TMPD"
+topo_up
+for s in "${SELECTED[@]}"; do run_one "$s"; done
+for w in "${WARNINGS[@]}"; do echo "WARN $w"; done
+echo "e2e: $NPASS passed, $NFAIL failed"
+((NFAIL == 0))
