@@ -3,7 +3,8 @@
 //! What is measured and why it is done this way: docs/BENCHMARKS.md.
 //!
 //! Design in short:
-//! - The echo service runs in this process: one UDP socket (32 MiB receive buffer) served by 2 blocking threads.
+//! - The echo service runs in this process: one UDP socket (32 MiB receive buffer) served by 2 blocking
+//!   threads.
 //! - Rate clients are driven by at most 2 threads, each owning half of the client sockets through its own
 //!   epoll set, so idle drivers sleep instead of spinning on a 2-core machine shared with both agents.
 //! - Every child is owned by an `Agent` guard (SIGTERM, then SIGKILL on drop, also during a panic) and gets
