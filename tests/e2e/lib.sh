@@ -3,9 +3,9 @@
 # Sourced, not run. Every address used lives inside the namespaces created here (see README.md).
 
 # ---- names and constants -------------------------------------------------------------------------
-RUN_ID=$(od -An -N2 -tx2 /dev/urandom | tr -d ' \n')
-while compgen -G "/var/run/netns/rut${RUN_ID}-*" >/dev/null || compgen -G "/var/run/wireguard/w${RUN_ID}*" >/dev/null; do
+for _ in 1 2 3 4 5 6 7 8; do      # a name prefix no leftover of an earlier run uses
   RUN_ID=$(od -An -N2 -tx2 /dev/urandom | tr -d ' \n')
+  compgen -G "/var/run/netns/rut${RUN_ID}-*" >/dev/null || compgen -G "/var/run/wireguard/w${RUN_ID}*" >/dev/null || break
 done
 P="rut${RUN_ID}"
 NS_HOME=$P-home NS_HNAT=$P-hnat NS_CGN=$P-cgnat NS_NET=$P-inet NS_RELAY=$P-relay
