@@ -82,9 +82,16 @@ fn run() -> Res<()> {
         for (i, &n) in RATE_CLIENTS.iter().enumerate() {
             for (p, pool) in [&direct_pool, &tunnel_pool].into_iter().enumerate() {
                 tun.check_alive()?;
-                let r = rate_run(&pool[..n]);
+                let pids = if p == 1 { vec![tun.relay.pid(), tun.inside.pid()] } else { vec![] };
+                let r = rate_run(&pool[..n], &pids);
+                let cpu = match (r.cpu_us.as_slice(), r.csw.as_slice()) {
+                    ([relay, inside], [rcs, ics]) => format!(
+                        "; per round trip: relay {relay:.1} µs CPU {rcs:.2} switches, inside {inside:.1} µs CPU {ics:.2} switches"
+                    ),
+                    _ => String::new(),
+                };
                 println!(
-                    "rep {rep} {:6} {n:4} clients {:9.0} rt/s  (warm-up {:4} ms, re-armed {}, silent clients {})",
+                    "rep {rep} {:6} {n:4} clients {:9.0} rt/s  (warm-up {:4} ms, re-armed {}, silent clients {}){cpu}",
                     PATH[p], r.per_sec, r.warmup_ms, r.rearms, r.silent
                 );
                 rate[i][p].push(r.per_sec);
@@ -526,6 +533,10 @@ fn latency(s: &UdpSocket) -> Res<Lat> {
 
 struct Rate {
     per_sec: f64,
+    /// Per agent (relay, inside) during the measuring window: CPU µs and context switches per round trip.
+    /// CPU per round trip is the figure that survives a noisy shared machine best.
+    cpu_us: Vec<f64>,
+    csw: Vec<f64>,
     warmup_ms: u128,
     rearms: u64,
     silent: usize,
@@ -541,7 +552,7 @@ struct Ctl {
 
 /// Closed loop: every client keeps WINDOW datagrams outstanding. Warm-up until every client got a reply
 /// (deadline 10 s) + SETTLE, then replies are counted for MEASURE.
-fn rate_run(clients: &[UdpSocket]) -> Rate {
+fn rate_run(clients: &[UdpSocket], pids: &[u32]) -> Rate {
     let ctl = Ctl {
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
@@ -550,6 +561,7 @@ fn rate_run(clients: &[UdpSocket]) -> Rate {
         rearms: AtomicU64::new(0),
     };
     let n = clients.len();
+    let usage = std::sync::Mutex::new(Vec::<(u64, u64)>::new());
     let (warmup_ms, secs) = thread::scope(|sc| {
         for chunk in clients.chunks(n.div_ceil(2)) {
             let ctl = &ctl;
@@ -561,15 +573,22 @@ fn rate_run(clients: &[UdpSocket]) -> Rate {
         }
         let warmup_ms = t.elapsed().as_millis();
         thread::sleep(SETTLE);
+        let before: Vec<(u64, u64)> = pids.iter().map(|&p| (cpu_ticks(p), ctx_switches(p))).collect();
         ctl.measuring.store(true, Relaxed);
         let t0 = Instant::now();
         thread::sleep(MEASURE);
         ctl.measuring.store(false, Relaxed);
         let secs = t0.elapsed().as_secs_f64();
+        let after: Vec<(u64, u64)> = pids.iter().map(|&p| (cpu_ticks(p), ctx_switches(p))).collect();
+        *usage.lock().unwrap() = before.into_iter().zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1)).collect();
         ctl.stop.store(true, Relaxed);
         (warmup_ms, secs) // the scope joins the drivers (they drain late replies) before returning
     });
+    let rts = (ctl.counted.load(Relaxed) as f64).max(1.0);
+    let usage = usage.into_inner().unwrap();
     Rate {
+        cpu_us: usage.iter().map(|u| u.0 as f64 * 1e6 / clock_ticks() / rts).collect(),
+        csw: usage.iter().map(|u| u.1 as f64 / rts).collect(),
         per_sec: ctl.counted.load(Relaxed) as f64 / secs,
         warmup_ms,
         rearms: ctl.rearms.load(Relaxed),
@@ -771,6 +790,32 @@ fn sockets(pid: u32) -> usize {
         .filter(|l| l.to_string_lossy().starts_with("socket:"))
         .collect();
     socks.len()
+}
+
+/// utime + stime of a whole process (all threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, f)| f.split_whitespace().collect()).unwrap_or_default();
+    fields.get(11..13).map(|f| f.iter().filter_map(|x| x.parse::<u64>().ok()).sum()).unwrap_or(0)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// Voluntary + involuntary context switches of all threads of a process.
+fn ctx_switches(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 fn median(v: &[f64]) -> f64 {

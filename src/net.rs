@@ -20,13 +20,67 @@ pub fn resolve(hp: &HostPort) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no addresses"))
 }
 
-/// The unspecified address of the family a socket needs to talk to both `a` and `b`: a dual-stack IPv6
-/// socket when the families differ (Linux's default net.ipv6.bindv6only=0 makes `[::]` accept IPv4 too).
+/// A socket on an ephemeral port that can talk to both `a` and `b`: a dual-stack IPv6 socket when the
+/// families differ.
 pub fn bind_for(a: SocketAddr, b: SocketAddr) -> io::Result<UdpSocket> {
     if a.is_ipv4() && b.is_ipv4() {
         UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
     } else {
-        UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+        bind((Ipv6Addr::UNSPECIFIED, 0).into())
+    }
+}
+
+/// Bind a UDP socket; `[::]` is made dual stack (IPV6_V6ONLY off) whatever net.ipv6.bindv6only says, so
+/// `-l PORT` and `-l [::]:PORT` take IPv4 clients too. std binds in one step, hence the few lines of libc.
+pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V6(v6) = addr else { return UdpSocket::bind(addr) };
+    if !v6.ip().is_unspecified() {
+        return UdpSocket::bind(addr);
+    }
+    // SAFETY: a fresh socket fd, owned by the UdpSocket (which closes it) from right after creation.
+    let sock = unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        UdpSocket::from_raw_fd(fd)
+    };
+    set_int_option(&sock, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_port = v6.port().to_be();
+    // SAFETY: sa is a valid sockaddr_in6 (the unspecified address) of the length given.
+    let rc = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::bind(
+            sock.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+fn set_int_option(sock: &UdpSocket, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt with a valid fd and a c_int option value of the right length.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -119,23 +173,9 @@ pub fn raise_fd_limit() {
 /// A relay receives every client and tunnel on one socket: a burst of new clients must not overflow the
 /// default receive queue. SO_RCVBUFFORCE passes net.core.rmem_max when we may; otherwise the capped request.
 pub fn grow_receive_buffer(sock: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let size: libc::c_int = 4 << 20;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt with a valid fd and a c_int option value of the right length.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
-    }
+    let size = 4 << 20;
+    let _ = set_int_option(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size)
+        .or_else(|_| set_int_option(sock, libc::SOL_SOCKET, libc::SO_RCVBUF, size));
 }
 
 /// Whether an error from a socket with a read timeout is just the timeout.

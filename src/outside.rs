@@ -416,7 +416,8 @@ impl Relay {
 /// host without IPv6).
 pub fn bind(host: Option<&str>, port: u16) -> Result<UdpSocket, String> {
     let sock = match host {
-        None => UdpSocket::bind(("::", port)).or_else(|e6| {
+        // No IPv6 on this host: IPv4 alone; if IPv4 fails the same way (port in use), say that.
+        None => net::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))).or_else(|e6| {
             UdpSocket::bind(("0.0.0.0", port))
                 .map_err(|e4| if e4.kind() == e6.kind() { e4 } else { e6 })
         }),
@@ -426,7 +427,7 @@ pub fn bind(host: Option<&str>, port: u16) -> Result<UdpSocket, String> {
                 port,
             };
             let addr = net::resolve(&hp).map_err(|e| format!("cannot listen on {hp}: {e}"))?;
-            UdpSocket::bind(addr)
+            net::bind(addr)
         }
     };
     let shown_addr = match host {
