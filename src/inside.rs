@@ -8,11 +8,10 @@ use crate::stats::Drops;
 use crate::tunnel::Tunnel;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use log::{debug, error, info, warn};
-use rand::Rng;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Who this run of the inside agent is, shared with the tunnel threads.
@@ -52,17 +51,43 @@ pub enum Event {
     Shutdown(&'static str),
 }
 
-/// What the coordinator tells a tunnel thread.
-pub enum Cmd {
-    Relay(SocketAddr),
-    Stop,
+/// What the coordinator tells a tunnel thread: only ever "stop" or "the relay's address is now X", where the
+/// latest value wins, so a flag and a slot rather than a queue. The tunnel checks one atomic per datagram.
+pub struct Control {
+    stop: AtomicBool,
+    relay_changed: AtomicBool,
+    relay: Mutex<Option<SocketAddr>>,
+}
+
+impl Control {
+    fn new() -> Control {
+        Control { stop: AtomicBool::new(false), relay_changed: AtomicBool::new(false), relay: Mutex::new(None) }
+    }
+
+    fn set_relay(&self, addr: SocketAddr) {
+        *self.relay.lock().unwrap() = Some(addr);
+        self.relay_changed.store(true, Release);
+    }
+
+    /// The new relay address, if it changed since the last call.
+    pub fn new_relay(&self) -> Option<SocketAddr> {
+        if self.relay_changed.swap(false, Acquire) {
+            *self.relay.lock().unwrap()
+        } else {
+            None
+        }
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
 }
 
 struct Handle {
     /// A clone of the tunnel's socket: keepalives must leave through the tunnel's own NAT mapping.
     sock: UdpSocket,
     v6: bool,
-    cmds: Sender<Cmd>,
+    ctl: Arc<Control>,
     active: bool,
     registered: bool,
     next_keepalive: Instant,
@@ -239,7 +264,7 @@ impl Agent {
         for id in ids {
             let h = &self.tunnels[&id];
             if h.v6 || addr.is_ipv4() {
-                let _ = h.cmds.send(Cmd::Relay(net::as_seen_by(h.v6, addr)));
+                h.ctl.set_relay(net::as_seen_by(h.v6, addr));
                 let h = self.tunnels.get_mut(&id).unwrap();
                 h.registered = false;
                 h.attempts = 0;
@@ -353,9 +378,11 @@ impl Agent {
         let v6 = sock.local_addr()?.is_ipv6();
         let (relay, service) = (net::as_seen_by(v6, relay), net::as_seen_by(v6, service));
         let clone = sock.try_clone()?;
-        let (cmds, cmd_rx) = unbounded();
+        let ctl = Arc::new(Control::new());
         let id = self.next_id;
-        let jitter = rand::rng().random_range(0.8..1.2);
+        let jitter = 0.8
+            + 0.4 * f64::from(u32::from_le_bytes(crate::protocol::random_bytes()))
+                / f64::from(u32::MAX);
         Tunnel {
             id,
             sock,
@@ -364,7 +391,7 @@ impl Agent {
             identity: self.identity.clone(),
             idle_timeout: self.cfg.idle_timeout.mul_f64(jitter),
             events: self.tx.clone(),
-            cmds: cmd_rx,
+            ctl: ctl.clone(),
             drops: self.drops.clone(),
         }
         .spawn()?;
@@ -377,7 +404,7 @@ impl Agent {
         let h = Handle {
             sock: clone,
             v6,
-            cmds,
+            ctl,
             active: false,
             registered: false,
             next_keepalive,
@@ -405,7 +432,7 @@ impl Agent {
                 );
             }
         }
-        let _ = h.cmds.send(Cmd::Stop);
+        h.ctl.stop.store(true, Relaxed);
         let kind = if h.active { "tunnel" } else { "spare tunnel" };
         info!("{kind} {id} closed: {why}");
     }

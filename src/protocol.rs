@@ -74,13 +74,23 @@ impl Kind {
     }
 }
 
+/// Bytes from the operating system's generator (getrandom).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use rand::TryRngCore;
+    let mut b = [0u8; N];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut b)
+        .expect("the OS random generator works");
+    b
+}
+
 /// Random id of one run of the inside agent: a restarted agent is a new instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Instance(pub [u8; 16]);
 
 impl Instance {
     pub fn random() -> Instance {
-        Instance(rand::random())
+        Instance(random_bytes())
     }
 }
 
@@ -226,7 +236,7 @@ const COOKIE_PERIOD_SECS: u64 = 5;
 
 impl Cookies {
     pub fn new() -> Cookies {
-        let secret: [u8; 32] = rand::random();
+        let secret: [u8; 32] = random_bytes();
         Cookies {
             mac: Hmac::new_from_slice(&secret).unwrap(),
             start: Instant::now(),

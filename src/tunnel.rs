@@ -4,11 +4,11 @@
 //! so sees one distinct peer per client). Every datagram is one receive and one send; control messages from the
 //! relay go to the coordinator, which owns all decisions.
 
-use crate::inside::{Cmd, Event, Identity};
+use crate::inside::{Control, Event, Identity};
 use crate::net::{self, RecvBuf};
 use crate::protocol::{self, Kind};
 use crate::stats::Drops;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ pub struct Tunnel {
     /// This tunnel's share of --connectionTimeout, jitter included.
     pub idle_timeout: Duration,
     pub events: Sender<Event>,
-    pub cmds: Receiver<Cmd>,
+    pub ctl: Arc<Control>,
     pub drops: Arc<Drops>,
 }
 
@@ -58,11 +58,11 @@ impl Tunnel {
         let mut last_from_relay = last_traffic;
         let mut last_probe = last_traffic;
         loop {
-            while let Ok(cmd) = self.cmds.try_recv() {
-                match cmd {
-                    Cmd::Relay(addr) => self.relay = addr,
-                    Cmd::Stop => return,
-                }
+            if self.ctl.stopped() {
+                return;
+            }
+            if let Some(addr) = self.ctl.new_relay() {
+                self.relay = addr;
             }
             let (n, src) = match self.sock.recv_from(&mut buf) {
                 Ok(r) => r,
