@@ -82,7 +82,11 @@ fn run() -> Res<()> {
         for (i, &n) in RATE_CLIENTS.iter().enumerate() {
             for (p, pool) in [&direct_pool, &tunnel_pool].into_iter().enumerate() {
                 tun.check_alive()?;
-                let pids = if p == 1 { vec![tun.relay.pid(), tun.inside.pid()] } else { vec![] };
+                let pids = if p == 1 {
+                    vec![tun.relay.pid(), tun.inside.pid()]
+                } else {
+                    vec![]
+                };
                 let r = rate_run(&pool[..n], &pids);
                 let cpu = match (r.cpu_us.as_slice(), r.csw.as_slice()) {
                     ([relay, inside], [rcs, ics]) => format!(
@@ -573,21 +577,34 @@ fn rate_run(clients: &[UdpSocket], pids: &[u32]) -> Rate {
         }
         let warmup_ms = t.elapsed().as_millis();
         thread::sleep(SETTLE);
-        let before: Vec<(u64, u64)> = pids.iter().map(|&p| (cpu_ticks(p), ctx_switches(p))).collect();
+        let before: Vec<(u64, u64)> = pids
+            .iter()
+            .map(|&p| (cpu_ticks(p), ctx_switches(p)))
+            .collect();
         ctl.measuring.store(true, Relaxed);
         let t0 = Instant::now();
         thread::sleep(MEASURE);
         ctl.measuring.store(false, Relaxed);
         let secs = t0.elapsed().as_secs_f64();
-        let after: Vec<(u64, u64)> = pids.iter().map(|&p| (cpu_ticks(p), ctx_switches(p))).collect();
-        *usage.lock().unwrap() = before.into_iter().zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1)).collect();
+        let after: Vec<(u64, u64)> = pids
+            .iter()
+            .map(|&p| (cpu_ticks(p), ctx_switches(p)))
+            .collect();
+        *usage.lock().unwrap() = before
+            .into_iter()
+            .zip(after)
+            .map(|(b, a)| (a.0 - b.0, a.1 - b.1))
+            .collect();
         ctl.stop.store(true, Relaxed);
         (warmup_ms, secs) // the scope joins the drivers (they drain late replies) before returning
     });
     let rts = (ctl.counted.load(Relaxed) as f64).max(1.0);
     let usage = usage.into_inner().unwrap();
     Rate {
-        cpu_us: usage.iter().map(|u| u.0 as f64 * 1e6 / clock_ticks() / rts).collect(),
+        cpu_us: usage
+            .iter()
+            .map(|u| u.0 as f64 * 1e6 / clock_ticks() / rts)
+            .collect(),
         csw: usage.iter().map(|u| u.1 as f64 / rts).collect(),
         per_sec: ctl.counted.load(Relaxed) as f64 / secs,
         warmup_ms,
@@ -795,8 +812,14 @@ fn sockets(pid: u32) -> usize {
 /// utime + stime of a whole process (all threads), in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, f)| f.split_whitespace().collect()).unwrap_or_default();
-    fields.get(11..13).map(|f| f.iter().filter_map(|x| x.parse::<u64>().ok()).sum()).unwrap_or(0)
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, f)| f.split_whitespace().collect())
+        .unwrap_or_default();
+    fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|x| x.parse::<u64>().ok()).sum())
+        .unwrap_or(0)
 }
 
 fn clock_ticks() -> f64 {
@@ -806,7 +829,9 @@ fn clock_ticks() -> f64 {
 
 /// Voluntary + involuntary context switches of all threads of a process.
 fn ctx_switches(pid: u32) -> u64 {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
     tasks
         .filter_map(|t| fs::read_to_string(t.ok()?.path().join("status")).ok())
         .flat_map(|s| {

@@ -34,7 +34,9 @@ pub fn bind_for(a: SocketAddr, b: SocketAddr) -> io::Result<UdpSocket> {
 /// `-l PORT` and `-l [::]:PORT` take IPv4 clients too. std binds in one step, hence the few lines of libc.
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     use std::os::fd::FromRawFd;
-    let SocketAddr::V6(v6) = addr else { return UdpSocket::bind(addr) };
+    let SocketAddr::V6(v6) = addr else {
+        return UdpSocket::bind(addr);
+    };
     if !v6.ip().is_unspecified() {
         return UdpSocket::bind(addr);
     }
@@ -65,7 +67,12 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(sock)
 }
 
-fn set_int_option(sock: &UdpSocket, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_int_option(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: setsockopt with a valid fd and a c_int option value of the right length.
     let rc = unsafe {

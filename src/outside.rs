@@ -417,10 +417,17 @@ impl Relay {
 pub fn bind(host: Option<&str>, port: u16) -> Result<UdpSocket, String> {
     let sock = match host {
         // No IPv6 on this host: IPv4 alone; if IPv4 fails the same way (port in use), say that.
-        None => net::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))).or_else(|e6| {
-            UdpSocket::bind(("0.0.0.0", port))
-                .map_err(|e4| if e4.kind() == e6.kind() { e4 } else { e6 })
-        }),
+        None => {
+            net::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))).or_else(|e6| {
+                UdpSocket::bind(("0.0.0.0", port)).map_err(|e4| {
+                    if e4.kind() == e6.kind() {
+                        e4
+                    } else {
+                        e6
+                    }
+                })
+            })
+        }
         Some(h) => {
             let hp = crate::cli::HostPort {
                 host: h.to_string(),
