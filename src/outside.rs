@@ -296,6 +296,13 @@ impl Relay {
     }
 
     fn register_spare(&mut self, src: SocketAddr, msg: &Message, now: Instant) {
+        if self.table.was_removed(&(msg.instance, msg.tunnel)) {
+            return debug!(
+                "response of removed tunnel {} from {}: ignored",
+                msg.tunnel,
+                net::shown(src)
+            );
+        }
         if self.table.spares() >= self.max_tunnels {
             return debug!(
                 "spare tunnel {} refused: already {} spares",
@@ -374,6 +381,7 @@ impl Relay {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        self.table.expire_removed(now, protocol::COOKIE_LIFETIME);
         for tun in self.table.expire(now, 2 * self.keepalive) {
             let who = tun
                 .client

@@ -233,6 +233,9 @@ pub struct Cookies {
 
 /// A cookie is valid for between one and two of these periods.
 const COOKIE_PERIOD_SECS: u64 = 5;
+/// The longest a cookie stays valid.
+pub const COOKIE_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(2 * COOKIE_PERIOD_SECS);
 
 impl Cookies {
     pub fn new() -> Cookies {

@@ -65,6 +65,9 @@ pub struct Table {
     held: HashMap<SocketAddr, Held>,
     held_bytes: usize,
     active: usize,
+    /// Tunnels removed recently. A response captured from a tunnel before it closed carries a cookie that stays
+    /// valid for a few seconds; replayed from the tunnel's old address, it must not register a dead spare.
+    gone: HashMap<TunnelKey, Instant>,
 }
 
 impl Table {
@@ -171,6 +174,16 @@ impl Table {
         (displaced, held)
     }
 
+    /// Whether a tunnel was removed recently (then it must not come back).
+    pub fn was_removed(&self, key: &TunnelKey) -> bool {
+        self.gone.contains_key(key)
+    }
+
+    /// Forget removals older than `max_age` (the longest a captured cookie stays valid).
+    pub fn expire_removed(&mut self, now: Instant, max_age: Duration) {
+        self.gone.retain(|_, at| now.duration_since(*at) <= max_age);
+    }
+
     pub fn take_spare(&mut self) -> Option<usize> {
         self.spares.pop_front()
     }
@@ -183,6 +196,7 @@ impl Table {
 
     pub fn remove(&mut self, t: usize) -> Tunnel {
         let tun = self.slots[t].take().expect("live tunnel index");
+        self.gone.insert(tun.key, Instant::now());
         self.free.push(t);
         self.by_key.remove(&tun.key);
         if self.peers.get(&tun.addr) == Some(&Peer::Tunnel(t)) {
@@ -393,6 +407,23 @@ mod tests {
         assert_eq!(tb.waiting(), 0, "a roam hold is not a waiting client");
         let (_, held) = tb.move_to(t, addr(1001));
         assert_eq!(held, vec![b"d".to_vec()]);
+    }
+
+    #[test]
+    fn removed_tunnels_are_remembered_until_their_cookies_expire() {
+        let mut tb = Table::default();
+        let now = Instant::now();
+        let (t, _) = tb.register(key(1), addr(1000), 1, now);
+        assert!(!tb.was_removed(&key(1)));
+        tb.remove(t);
+        assert!(tb.was_removed(&key(1)));
+        tb.expire_removed(Instant::now(), Duration::from_secs(10));
+        assert!(tb.was_removed(&key(1)));
+        tb.expire_removed(
+            Instant::now() + Duration::from_secs(11),
+            Duration::from_secs(10),
+        );
+        assert!(!tb.was_removed(&key(1)));
     }
 
     #[test]
