@@ -1,0 +1,594 @@
+//! The tool end to end on loopback: the real binary as relay and inside agent, a UDP echo service behind the
+//! inside agent, clients in front of the relay. Keepalives every second, so each test takes a few seconds.
+
+mod common;
+
+use common::*;
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The options both sides share in most tests.
+const FAST: &[&str] = &["-k", KEY, "--keepaliveInterval", "1"];
+
+fn with<'a>(base: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
+    [base, more].concat()
+}
+
+/// Echo service, relay on 127.0.0.1 and an inside agent with at least one spare registered.
+fn tunnel(relay_opts: &[&str], inside_opts: &[&str]) -> (Echo, Agent, SocketAddr, Agent) {
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", &with(FAST, relay_opts));
+    let inside = inside(echo.addr, relay_addr, &with(FAST, inside_opts));
+    inside.wait_for_log("registered at the relay", SOON);
+    (echo, relay, relay_addr, inside)
+}
+
+/// The start of the relay's line "client ADDR -> tunnel N at ADDR (K active)" for this client.
+fn client_line(c: &Client) -> String {
+    format!("client {} -> tunnel", c.addr())
+}
+
+/// N in such a line.
+fn tunnel_of(line: &str) -> u32 {
+    let after = line.split(" -> tunnel ").nth(1).expect("a client line");
+    after.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn one_client_gets_its_datagrams_back_in_order() {
+    let (_echo, _relay, relay_addr, _inside) = tunnel(&[], &[]);
+    let c = Client::new(relay_addr);
+    c.assert_served(b"hello through the tunnel");
+    for i in 0..10 {
+        c.send(format!("datagram {i}").as_bytes());
+    }
+    for i in 0..10 {
+        let got = c.recv(SOON).expect("echo");
+        assert_eq!(String::from_utf8_lossy(&got), format!("datagram {i}"));
+    }
+}
+
+#[test]
+fn twenty_concurrent_clients_each_get_their_own_tunnel_and_replies() {
+    let (echo, relay, relay_addr, _inside) = tunnel(&["-n", "25"], &["-n", "25"]);
+    let start = Arc::new(Barrier::new(20));
+    let threads: Vec<_> = (0..20)
+        .map(|k| {
+            let start = start.clone();
+            thread::spawn(move || {
+                let c = Client::new(relay_addr);
+                start.wait();
+                c.assert_served(format!("client {k} datagram 0").as_bytes());
+                for i in 1..20 {
+                    c.send(format!("client {k} datagram {i}").as_bytes());
+                }
+                for i in 1..20 {
+                    let got = c.recv(SOON).expect("echo");
+                    assert_eq!(
+                        String::from_utf8_lossy(&got),
+                        format!("client {k} datagram {i}")
+                    );
+                }
+                c.addr()
+            })
+        })
+        .collect();
+    let clients: HashSet<SocketAddr> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(clients.len(), 20);
+    assert_eq!(
+        echo.peers().len(),
+        20,
+        "one tunnel, so one peer, per client"
+    );
+    assert_eq!(relay.count("-> tunnel"), 20);
+}
+
+#[test]
+fn largest_smallest_and_empty_datagrams_pass_unchanged() {
+    let (_echo, _relay, relay_addr, _inside) = tunnel(&[], &[]);
+    let c = Client::new(relay_addr);
+    let big: Vec<u8> = (0..65507u32).map(|i| (i * 7 % 251) as u8).collect();
+    c.assert_served(&big);
+    c.assert_served(b"x");
+    c.assert_served(b"");
+}
+
+#[test]
+fn ipv6_relay_reaches_an_ipv4_service() {
+    let echo = Echo::v4();
+    let (_relay, relay_addr) = relay("::1", FAST);
+    assert!(relay_addr.is_ipv6());
+    let inside = inside(echo.addr, relay_addr, FAST);
+    inside.wait_for_log("registered at the relay", SOON);
+    Client::new(relay_addr).assert_served(b"v6 to v4");
+}
+
+#[test]
+fn dual_stack_relay_serves_ipv4_and_ipv6_clients() {
+    let echo = Echo::v4();
+    let (relay, v4) = relay("", FAST);
+    let v6 = SocketAddr::new("::1".parse().unwrap(), v4.port());
+    let inside = inside(echo.addr, v4, FAST);
+    inside.wait_for_log("registered at the relay", SOON);
+    let (c4, c6) = (Client::new(v4), Client::new(v6));
+    c4.assert_served(b"from IPv4");
+    c6.assert_served(b"from IPv6");
+    assert_eq!(echo.peers().len(), 2);
+    // Logged as plain 127.0.0.1:port, not as ::ffff:127.0.0.1.
+    relay.wait_for_log(&client_line(&c4), SOON);
+    relay.wait_for_log(&client_line(&c6), SOON);
+}
+
+#[test]
+fn ipv4_relay_reaches_an_ipv6_service() {
+    let echo = Echo::v6();
+    let (_relay, relay_addr) = relay("127.0.0.1", FAST);
+    let inside = inside(echo.addr, relay_addr, FAST);
+    inside.wait_for_log("registered at the relay", SOON);
+    Client::new(relay_addr).assert_served(b"v4 to v6");
+    assert!(echo.peers().iter().all(|p| p.is_ipv6()));
+}
+
+#[test]
+fn tunnel_limit_refuses_the_extra_client_logs_it_once_and_frees_up_on_idle() {
+    let (_echo, relay, relay_addr, inside) =
+        tunnel(&["-n", "3"], &["-n", "3", "--connectionTimeout", "3"]);
+    let c: Vec<Client> = (0..3).map(|_| Client::new(relay_addr)).collect();
+    for (i, c) in c.iter().enumerate() {
+        c.assert_served(format!("client {i}").as_bytes());
+    }
+    let extra = Client::new(relay_addr);
+    for i in 0..20 {
+        extra.send(format!("refused {i}").as_bytes());
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        extra.recv(Duration::from_millis(500)),
+        None,
+        "4th client served"
+    );
+    assert_eq!(relay.count("tunnels in use"), 1, "the limit is logged once");
+    inside.wait_for_log("all 3 tunnels are active", SOON);
+
+    // Clients 0 and 1 stay busy; client 2 goes idle and its tunnel closes, which frees a place.
+    let closed = format!("closed by the inside agent (client {})", c[2].addr());
+    let freed = wait_until(Duration::from_secs(8), || {
+        c[0].assert_served(b"busy");
+        c[1].assert_served(b"busy");
+        thread::sleep(Duration::from_millis(200));
+        relay.log().contains(&closed).then_some(())
+    });
+    assert!(
+        freed.is_some(),
+        "idle tunnel not closed; relay log:\n{}",
+        relay.log()
+    );
+    Client::new(relay_addr).assert_served(b"a new client after one left");
+}
+
+#[test]
+fn idle_tunnel_closes_and_the_same_client_comes_back_through_a_new_tunnel() {
+    let (echo, relay, relay_addr, inside) = tunnel(&[], &["--connectionTimeout", "1"]);
+    let c = Client::new(relay_addr);
+    c.assert_served(b"before the idle timeout");
+    inside.wait_for_log("closed: idle", SOON);
+    relay.wait_for_log(
+        &format!("closed by the inside agent (client {})", c.addr()),
+        SOON,
+    );
+    c.assert_served(b"after the idle timeout");
+    let tunnels: HashSet<u32> = relay
+        .lines(&client_line(&c))
+        .iter()
+        .map(|l| tunnel_of(l))
+        .collect();
+    assert_eq!(tunnels.len(), 2, "served twice, by two tunnels");
+    assert_eq!(echo.peers().len(), 2);
+}
+
+#[test]
+fn wrong_key_registers_nothing_and_both_sides_say_so_once() {
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", &["-k", "right", "--keepaliveInterval", "1"]);
+    let inside = inside(
+        echo.addr,
+        relay_addr,
+        &["-k", "wrong", "--keepaliveInterval", "1"],
+    );
+    inside.wait_for_log("the relay rejects our control messages", SOON);
+    relay.wait_for_log("failed authentication", SOON);
+    let c = Client::new(relay_addr);
+    assert_eq!(c.ask(b"anyone?", Duration::from_millis(1500)), None);
+    assert_eq!(relay.count("failed authentication"), 1);
+    assert_eq!(inside.count("rejects our control messages"), 1);
+    assert_eq!(relay.count("registered"), 0);
+    assert_eq!(inside.count("registered"), 0);
+}
+
+#[test]
+fn empty_key_works_but_warns_that_anyone_can_hijack() {
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", &["--keepaliveInterval", "1"]);
+    let inside = inside(
+        echo.addr,
+        relay_addr,
+        &["-k", "", "--keepaliveInterval", "1"],
+    );
+    inside.wait_for_log("registered at the relay", SOON);
+    Client::new(relay_addr).assert_served(b"no key");
+    relay.wait_for_log("can hijack tunnels", SOON);
+    inside.wait_for_log("can hijack tunnels", SOON);
+}
+
+#[test]
+fn replayed_control_messages_hijack_nothing() {
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", FAST);
+    let nat = MiniNat::new(relay_addr);
+    let inside = inside(
+        echo.addr,
+        nat.addr,
+        &with(FAST, &["--connectionTimeout", "1"]),
+    );
+    inside.wait_for_log("registered at the relay", SOON);
+    Client::new(relay_addr).assert_served(b"a tunnel that will close");
+    relay.wait_for_log("closed by the inside agent", SOON);
+    let recorded = nat.recorded_control();
+    let kinds: HashSet<u8> = recorded.iter().map(|(_, d)| d[5]).collect();
+    for kind in [KEEPALIVE, RESPONSE, CLOSE] {
+        assert!(
+            kinds.contains(&kind),
+            "recorded no control message of kind {kind}"
+        );
+    }
+
+    // An attacker who captured all of it replays it from its own address.
+    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let at = attacker.local_addr().unwrap();
+    for (_, d) in &recorded {
+        attacker.send_to(d, relay_addr).unwrap();
+    }
+    let c = Client::new(relay_addr);
+    c.assert_served(b"after the replay"); // the relay handled the replay before this (one socket, in order)
+    assert_eq!(relay.count(&format!("registered from {at}")), 0);
+    assert_eq!(
+        relay.count(&format!("to {at}")),
+        0,
+        "a tunnel moved to the attacker"
+    );
+    attacker.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 65536];
+    while let Ok((n, _)) = attacker.recv_from(&mut buf) {
+        assert!(
+            is_control(&buf[..n]),
+            "the attacker received data: {:?}",
+            &buf[..n]
+        );
+    }
+
+    // The same replay from the NAT's own public ports: stale, so nothing moves and nothing breaks.
+    assert!(nat.replay_upstream() > 0);
+    c.assert_served(b"after the second replay");
+    Client::new(relay_addr).assert_served(b"a new client after the second replay");
+    assert_eq!(relay.count(" moved from "), 0);
+}
+
+#[test]
+fn replayed_response_of_a_closed_tunnel_registers_no_dead_spare() {
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", FAST);
+    let nat = MiniNat::new(relay_addr);
+    let opts = with(FAST, &["--spares", "1", "--connectionTimeout", "1"]);
+    let inside = inside(echo.addr, nat.addr, &opts);
+    inside.wait_for_log("registered at the relay", SOON);
+    let a = Client::new(relay_addr);
+    a.assert_served(b"a tunnel that will close");
+    let line = relay.wait_for_log(&client_line(&a), SOON);
+    let n = tunnel_of(&line);
+    relay.wait_for_log(&format!("tunnel {n} closed by the inside agent"), SOON);
+    // Someone who can send from the NAT's public address replays that tunnel's old response (seconds later).
+    let replayed = nat.replay_upstream_where(|d| d[5] == RESPONSE && d[24..28] == n.to_be_bytes());
+    assert!(replayed > 0);
+    // New clients take the oldest spare first: within two clients one would get the replayed tunnel.
+    for i in 0..3 {
+        Client::new(relay_addr).assert_served(format!("new client {i}").as_bytes());
+    }
+    assert_eq!(
+        relay.count(&format!("spare tunnel {n} registered from")),
+        1,
+        "registered again"
+    );
+}
+
+#[test]
+fn forged_control_datagrams_change_nothing_and_get_no_bigger_answer() {
+    let (_echo, relay, relay_addr, _inside) = tunnel(&["--statusInterval", "1"], &[]);
+    let before = relay.wait_for_line("status:", SOON, |l| status_field(l, "spare") == 4);
+    let socks: Vec<UdpSocket> = (0..50)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut bad_mac = 0;
+    for i in 0..1000 {
+        let mut d = [0u8; CONTROL_LEN];
+        d[..5].copy_from_slice(&MAGIC);
+        noise(&mut d[5..]);
+        // Kind 7 is the unauthenticated authfail notice: ignored without a MAC check, so not counted.
+        bad_mac += usize::from(d[5] != 7);
+        socks[i % 50].send_to(&d, relay_addr).unwrap();
+    }
+    let c = Client::new(relay_addr);
+    c.assert_served(b"legit client during a forgery flood");
+    let after = relay.wait_for_line("status:", SOON, |l| {
+        status_field(l, "badauth") >= bad_mac as u64 && status_field(l, "active") == 1
+    });
+    assert_eq!(status_field(&after, "badauth"), bad_mac as u64, "{after}");
+    assert_eq!(
+        status_field(&after, "active"),
+        1,
+        "only the legit client: {after}"
+    );
+    assert_eq!(status_field(&after, "waiting"), 0, "{after}");
+    assert_eq!(
+        status_field(&after, "spare"),
+        status_field(&before, "spare"),
+        "{after}"
+    );
+    let mut answers = 0;
+    let mut buf = [0u8; 65536];
+    for s in &socks {
+        s.set_nonblocking(true).unwrap();
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            assert!(n <= CONTROL_LEN, "answered {n} bytes to {CONTROL_LEN}");
+            answers += 1;
+        }
+    }
+    assert!(
+        answers <= 2,
+        "{answers} answers to 1000 forgeries: the relay amplifies floods"
+    );
+}
+
+#[test]
+fn duplicated_and_reordered_keepalives_never_drop_a_live_tunnel() {
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", FAST);
+    let nat = MiniNat::new(relay_addr);
+    nat.set_faults(Faults {
+        duplicate: true,
+        reorder: true,
+        ..Faults::default()
+    });
+    let inside = inside(echo.addr, nat.addr, FAST);
+    inside.wait_for_log("registered at the relay", SOON);
+    let c = Client::new(relay_addr);
+    c.assert_served(b"first");
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_millis(3500) {
+        n += 1;
+        let p = format!("keep going {n}");
+        assert_eq!(
+            c.ask(p.as_bytes(), Duration::from_secs(1)).as_deref(),
+            Some(p.as_bytes())
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    relay.wait_for_log("stale or repeated keepalive", SOON);
+    for bad in ["forgotten", " dropped:", " moved from "] {
+        assert_eq!(relay.count(bad), 0, "relay log says {bad:?}");
+    }
+    assert_eq!(inside.count("closed"), 0);
+}
+
+#[test]
+fn roaming_tunnel_follows_its_new_nat_mapping_and_keeps_its_client() {
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", FAST);
+    let nat = MiniNat::new(relay_addr);
+    let inside = inside(echo.addr, nat.addr, FAST);
+    inside.wait_for_log("registered at the relay", SOON);
+    let c = Client::new(relay_addr);
+    c.assert_served(b"before the NAT forgets us");
+    let peers = echo.peers();
+    nat.rebind();
+    let rebound = Instant::now();
+    let served = c
+        .ping_until(Duration::from_secs(5))
+        .expect("traffic never resumed");
+    let took = served - rebound;
+    assert!(
+        took <= Duration::from_millis(2500),
+        "resumed after {took:?}"
+    );
+    relay.wait_for_log("moved from", SOON);
+    assert_eq!(
+        echo.peers(),
+        peers,
+        "the service saw a new peer: the client got a new tunnel"
+    );
+    assert_eq!(relay.count(&client_line(&c)), 1);
+}
+
+fn restarted_inside_takes_over(restart: impl FnOnce(&[String]) -> Agent) {
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", FAST);
+    let mut first = inside(echo.addr, relay_addr, FAST);
+    first.wait_for_log("registered at the relay", SOON);
+    let c = Client::new(relay_addr);
+    c.assert_served(b"before the crash");
+    first.kill9();
+    let second = restart(&inside_args(echo.addr, relay_addr, FAST));
+    let served = c.ping_until(SOON).expect("not served after the restart");
+    let took = served - second.started;
+    assert!(
+        took <= Duration::from_secs(1),
+        "served {took:?} after the restart"
+    );
+    relay.wait_for_log("inside agent restarted", SOON);
+}
+
+#[test]
+fn restarted_inside_agent_takes_over_at_once() {
+    restarted_inside_takes_over(|args| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Agent::spawn("inside-restarted", &args)
+    });
+}
+
+#[test]
+fn restarted_inside_agent_with_its_clock_set_back_a_day_takes_over_at_once() {
+    if std::process::Command::new("faketime")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "faketime is missing (CI is set)"
+        );
+        eprintln!("SKIP: faketime is not installed");
+        return;
+    }
+    restarted_inside_takes_over(|args| {
+        let mut cmd = std::process::Command::new("faketime");
+        cmd.args(["-f", "-1d", BIN])
+            // The wall clock goes back a day, as on a router without a clock; the monotonic clock cannot go
+            // back in reality (faking it too hangs every Rust timed wait: futex deadlines use the real clock).
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent = Agent::spawn_command("inside-faketime", cmd, &args);
+        agent.wait_for_log("inside agent run", SOON);
+        let stamp = agent.log().lines().next().unwrap_or_default().to_string();
+        let yesterday = (std::time::SystemTime::now() - Duration::from_secs(86_400))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        // The log's RFC 3339 date must be yesterday's: the fake clock is really in effect.
+        let day = civil_date(yesterday.as_secs());
+        assert!(
+            stamp.starts_with(&day),
+            "clock not set back: {stamp:?} (want {day})"
+        );
+        agent
+    });
+}
+
+/// YYYY-MM-DD (UTC) of a Unix time.
+fn civil_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[test]
+fn relay_restart_on_the_same_port_resumes_traffic() {
+    let (_echo, mut relay, relay_addr, _inside) = tunnel(&[], &[]);
+    let c = Client::new(relay_addr);
+    c.assert_served(b"before the relay restart");
+    relay.kill9();
+    let again =
+        wait_until(SOON, || relay_on("127.0.0.1", relay_addr.port(), FAST)).expect("port taken");
+    let served = c
+        .ping_until(SOON)
+        .expect("not served after the relay restart");
+    let took = served - again.started;
+    assert!(
+        took <= Duration::from_millis(2500),
+        "served {took:?} after the relay restart"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_inside_agent_cleanly_and_a_new_one_takes_over_at_once() {
+    let (echo, relay, relay_addr, mut first) = tunnel(&[], &[]);
+    let c = Client::new(relay_addr);
+    c.assert_served(b"before SIGTERM");
+    first.wait_for_count("registered at the relay", 4 + 1, SOON); // the client's tunnel was replaced
+    assert_eq!(first.count("status:"), 0);
+    let (status, took) = first.terminate(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(took <= Duration::from_secs(1), "took {took:?}");
+    assert_eq!(
+        first.count("status: tunnels active=1 spare=4"),
+        1,
+        "exit status line"
+    );
+    relay.wait_for_log(
+        &format!("closed by the inside agent (client {})", c.addr()),
+        SOON,
+    );
+    relay.wait_for_count("closed by the inside agent", 5, SOON);
+    assert_eq!(
+        relay.count("closed by the inside agent"),
+        5,
+        "1 active + 4 spares, each once"
+    );
+    let second = inside(echo.addr, relay_addr, FAST);
+    let served = c.ping_until(SOON).expect("not served by the new agent");
+    let took = served - second.started;
+    assert!(
+        took <= Duration::from_secs(1),
+        "served {took:?} after the new start"
+    );
+}
+
+#[test]
+fn sigint_stops_the_relay_cleanly_with_a_last_status_line() {
+    let (_echo, mut relay, relay_addr, _inside) = tunnel(&[], &[]);
+    Client::new(relay_addr).assert_served(b"before SIGINT");
+    assert_eq!(relay.count("status:"), 0);
+    let (status, took) = relay.terminate(libc::SIGINT);
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(took <= Duration::from_secs(1), "took {took:?}");
+    assert_eq!(
+        relay.count("status: tunnels active=1"),
+        1,
+        "exit status line"
+    );
+}
+
+#[test]
+fn first_datagrams_of_simultaneous_new_clients_wait_for_a_spare() {
+    let (_echo, relay, relay_addr, _inside) = tunnel(&[], &["--spares", "1"]);
+    let start = Arc::new(Barrier::new(10));
+    let threads: Vec<_> = (0..10)
+        .map(|k| {
+            let start = start.clone();
+            thread::spawn(move || {
+                let c = Client::new(relay_addr);
+                let p = format!("first datagram of client {k}");
+                start.wait();
+                c.send(p.as_bytes());
+                assert_eq!(c.recv(SOON).as_deref(), Some(p.as_bytes()), "client {k}");
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(relay.count("-> tunnel"), 10);
+    relay.wait_for_log("no spare tunnel ready: holding", SOON);
+}
+
+#[test]
+fn status_lines_report_tunnels_on_both_sides() {
+    let (_echo, relay, relay_addr, inside) =
+        tunnel(&["--statusInterval", "1"], &["--statusInterval", "1"]);
+    Client::new(relay_addr).assert_served(b"one active tunnel");
+    relay.wait_for_log(
+        "status: tunnels active=1 spare=4 waiting=0",
+        Duration::from_secs(3),
+    );
+    inside.wait_for_log("status: tunnels active=1 spare=4", Duration::from_secs(3));
+    relay.wait_for_count("status: tunnels", 2, Duration::from_secs(3));
+    inside.wait_for_count("status: tunnels", 2, Duration::from_secs(3));
+}
