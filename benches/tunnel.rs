@@ -68,6 +68,7 @@ fn run() -> Res<()> {
     let (direct_pool, tunnel_pool) = (client_pool(echo.addr, max)?, client_pool(tun.addr, max)?);
     let (direct_lat, tunnel_lat) = (latency_socket(echo.addr)?, latency_socket(tun.addr)?);
     let mut lat = [Vec::new(), Vec::new()]; // [direct, tunnel] per repetition
+    let mut pinned = [Vec::new(), Vec::new()]; // the same with every process on one CPU
     let mut rate = vec![[Vec::new(), Vec::new()]; RATE_CLIENTS.len()];
     let mut mem = None;
     for rep in 1..=REPS {
@@ -79,18 +80,37 @@ fn run() -> Res<()> {
             );
             lat[p].push(l);
         }
+        // Diagnostic: the same with the harness and both agents on CPU 0. Cross-CPU wake-ups of an idle vCPU
+        // (on this VM: guest_halt_poll_ns = 0, every idle vCPU halts) then cannot happen, and the ratio shows
+        // what the path itself costs: 6 hops against 2.
+        let everyone = [std::process::id(), tun.relay.pid(), tun.inside.pid()];
+        let all: Vec<usize> = (0..available_cpus()).collect(); // before pinning: it follows the mask
+        everyone.iter().for_each(|&pid| set_affinity(pid, &[0]));
+        for (p, sock) in [&direct_lat, &tunnel_lat].into_iter().enumerate() {
+            let l = latency(sock).map_err(|e| format!("{} pinned latency: {e}", PATH[p]))?;
+            println!(
+                "rep {rep} {:6} RTT p50 {:7.1} µs  p99 {:7.1} µs  lost {}  (all on CPU 0)",
+                PATH[p], l.p50, l.p99, l.lost
+            );
+            pinned[p].push(l);
+        }
+        everyone.iter().for_each(|&pid| set_affinity(pid, &all));
         for (i, &n) in RATE_CLIENTS.iter().enumerate() {
             for (p, pool) in [&direct_pool, &tunnel_pool].into_iter().enumerate() {
                 tun.check_alive()?;
+                // CPU accounting: the harness itself (clients + echo) on both paths, plus both agents.
+                let me = std::process::id();
                 let pids = if p == 1 {
-                    vec![tun.relay.pid(), tun.inside.pid()]
+                    vec![me, tun.relay.pid(), tun.inside.pid()]
                 } else {
-                    vec![]
+                    vec![me]
                 };
                 let r = rate_run(&pool[..n], &pids);
                 let cpu = match (r.cpu_us.as_slice(), r.csw.as_slice()) {
-                    ([relay, inside], [rcs, ics]) => format!(
-                        "; per round trip: relay {relay:.1} µs CPU {rcs:.2} switches, inside {inside:.1} µs CPU {ics:.2} switches"
+                    ([h], _) => format!("; CPU per round trip: harness {h:.1} µs"),
+                    ([h, relay, inside], [_, rcs, ics]) => format!(
+                        "; CPU per round trip: harness {h:.1} µs, relay {relay:.1} µs ({rcs:.2} switches), inside {inside:.1} µs ({ics:.2} switches), total {:.1} µs",
+                        h + relay + inside
                     ),
                     _ => String::new(),
                 };
@@ -121,7 +141,7 @@ fn run() -> Res<()> {
     }
 
     let mut out = format!("{head}\nload average at the end: {}\n{cmds}\n", loadavg());
-    table(&mut out, &lat, &rate, &bursts, &mem.unwrap());
+    table(&mut out, &lat, &pinned, &rate, &bursts, &mem.unwrap());
     for (name, (status, took)) in ["relay", "inside"].iter().zip(stops) {
         let _ = writeln!(
             out,
@@ -809,6 +829,30 @@ fn sockets(pid: u32) -> usize {
     socks.len()
 }
 
+/// Put every thread of a process on the given CPUs (threads it starts later inherit the mask).
+fn set_affinity(pid: u32, cpus: &[usize]) {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        // SAFETY: a zeroed cpu_set_t filled with CPU_SET, passed with its size.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            cpus.iter().for_each(|&c| libc::CPU_SET(c, &mut set));
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+fn available_cpus() -> usize {
+    thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// utime + stime of a whole process (all threads), in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -862,6 +906,7 @@ type Burst = (usize, (usize, f64), (usize, f64));
 fn table(
     out: &mut String,
     lat: &[Vec<Lat>; 2],
+    pinned: &[Vec<Lat>; 2],
     rate: &[[Vec<f64>; 2]],
     bursts: &[Burst],
     mem: &(Mem, Mem),
@@ -887,6 +932,25 @@ fn table(
             "| {name} | {d:.1} µs | {t:.1} µs | {:.2} | ≤ {limit}× direct | {} |",
             t / d,
             verdict(t / d <= limit)
+        );
+    }
+    for (name, pick) in [
+        ("RTT p50, all on one CPU", 0),
+        ("RTT p99, all on one CPU", 1),
+    ] {
+        let m = |p: usize| {
+            median(
+                &pinned[p]
+                    .iter()
+                    .map(|l| [l.p50, l.p99][pick])
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (d, t) = (m(0), m(1));
+        let _ = writeln!(
+            out,
+            "| {name} | {d:.1} µs | {t:.1} µs | {:.2} | (diagnostic) | |",
+            t / d
         );
     }
     let r16 = median(&rate[1][1]);
