@@ -79,8 +79,8 @@ Options:
   -h, --help                    show this help
   -V, --version                 show the version
 
-The key: -k wins over --keyFile (they may not be given together), and either wins over the
-environment variable REVERSE_UDP_TUNNEL_KEY. --keyFile or the variable keep it out of ps(1).
+The key: give it with -k or --keyFile (not both); either wins over the environment variable
+REVERSE_UDP_TUNNEL_KEY. --keyFile or the variable keep it out of ps(1).
 HOST is a name, an IPv4 address or an IPv6 address in brackets. See reverse-udp-tunnel(8).
 ";
 
