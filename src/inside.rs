@@ -61,7 +61,11 @@ pub struct Control {
 
 impl Control {
     fn new() -> Control {
-        Control { stop: AtomicBool::new(false), relay_changed: AtomicBool::new(false), relay: Mutex::new(None) }
+        Control {
+            stop: AtomicBool::new(false),
+            relay_changed: AtomicBool::new(false),
+            relay: Mutex::new(None),
+        }
     }
 
     fn set_relay(&self, addr: SocketAddr) {
@@ -109,6 +113,7 @@ pub struct Agent {
     started: Instant,
     heard: Option<Instant>,
     resolving_relay: Option<Instant>,
+    reregistered: Option<Instant>,
     said_authfail: bool,
     said_silent: bool,
     said_full: bool,
@@ -133,6 +138,7 @@ impl Agent {
             started: Instant::now(),
             heard: None,
             resolving_relay: None,
+            reregistered: None,
             said_authfail: false,
             said_silent: false,
             said_full: false,
@@ -295,6 +301,22 @@ impl Agent {
                     self.relay
                         .expect("a tunnel exists only once the relay resolved"),
                 );
+                let recently = self
+                    .reregistered
+                    .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+                if h.registered && !recently {
+                    // (At most once a second: a replayed challenge must not make every tunnel send.)
+                    // The relay knew this tunnel and challenges it again: it restarted, or a NAT gave the
+                    // tunnel a new public port. Either way every tunnel is likely affected: re-register all
+                    // now rather than each at its next keepalive, so waiting clients get spares at once.
+                    debug!("tunnel {id} challenged again: re-registering every tunnel");
+                    self.reregistered = Some(now);
+                    for h in self.tunnels.values_mut() {
+                        h.registered = false;
+                        h.attempts = 0;
+                        h.next_keepalive = now;
+                    }
+                }
             }
             Kind::Ack => {
                 if !h.registered {
