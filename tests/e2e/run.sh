@@ -157,14 +157,20 @@ sc_three_clients() {
   MSG="concurrent pings ${got[*]}; wg show endpoints on the server: ${eps[*]}"
 }
 
-# 3. The CG-NAT forgets every mapping: traffic resumes within keepaliveInterval + 1.5 s.
-sc_cgnat_flush() {
-  local t t0 tr limit
+# probe_ready: agents and client 1 up, and a ping probe p1 running and answered.
+probe_ready() {
+  local t
   agents_up || return 1
   client 1 && wg_ping 1 || return 1
   probe_start p1 "$P-c1" "$WG_SRV_ADDR"
   t=$(now_us)
   wait_until 5 has_reply_after p1 "$t" || { fail "probe ping not answered"; return 1; }
+}
+
+# 3. The CG-NAT forgets every mapping: traffic resumes within keepaliveInterval + 1.5 s.
+sc_cgnat_flush() {
+  local t t0 tr limit
+  probe_ready || return 1
   t0=$(now_us)
   nsx "$NS_CGN" conntrack -F >/dev/null 2>&1
   # replies later than 10 ms after the flush cannot be from packets that crossed before it
@@ -213,11 +219,7 @@ sc_cgnat_timeout() {
 # kill_restart NAME LIMIT_S: kill -9 an agent, restart it at once, measure restart -> first reply.
 kill_restart() {
   local t t0 tr limit
-  agents_up || return 1
-  client 1 && wg_ping 1 || return 1
-  probe_start p1 "$P-c1" "$WG_SRV_ADDR"
-  t=$(now_us)
-  wait_until 5 has_reply_after p1 "$t" || { fail "probe ping not answered"; return 1; }
+  probe_ready || return 1
   bg_stop "$1" KILL
   t0=$(now_us)
   "${1}_start" || { fail "$1 did not restart"; return 1; }
