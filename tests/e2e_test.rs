@@ -580,6 +580,47 @@ fn first_datagrams_of_simultaneous_new_clients_wait_for_a_spare() {
 }
 
 #[test]
+fn fifty_clients_arriving_at_once_are_all_served_with_the_default_spare_pool() {
+    // The original C program crashed on this; with the default four spares, clients beyond the pool wait
+    // for the spares opened behind them, their first datagram held, not dropped.
+    let (echo, relay, relay_addr, _inside) = tunnel(&["-n", "100"], &["-n", "100"]);
+    let start = Arc::new(Barrier::new(50));
+    let threads: Vec<_> = (0..50)
+        .map(|k| {
+            let start = start.clone();
+            thread::spawn(move || {
+                let c = Client::new(relay_addr);
+                let p = format!("client {k} says hello");
+                start.wait();
+                c.send(p.as_bytes());
+                assert_eq!(c.recv(SOON).as_deref(), Some(p.as_bytes()), "client {k}");
+                c.assert_served(format!("client {k} again").as_bytes());
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(relay.count("-> tunnel"), 50);
+    assert_eq!(
+        echo.peers().len(),
+        50,
+        "one tunnel, so one distinct peer, per client"
+    );
+    relay.wait_for_log("no spare tunnel ready: holding", SOON);
+}
+
+#[test]
+fn many_spares_registering_at_once_do_not_trip_the_replay_protection() {
+    // 64 tunnels send their keepalives in the same instant, all counters from one run's counter, interleaved.
+    // Agents run at debug level here: the relay says "stale or repeated keepalive" when it rejects one.
+    let (_echo, relay, relay_addr, inside) =
+        tunnel(&["-n", "100"], &["-n", "100", "--spares", "64"]);
+    inside.wait_for_count("registered at the relay", 64, SOON);
+    relay.wait_for_count("registered from", 64, SOON);
+    assert_eq!(relay.count("stale or repeated keepalive"), 0);
+    Client::new(relay_addr).assert_served(b"served by one of 64 spares");
+}
+
+#[test]
 fn status_lines_report_tunnels_on_both_sides() {
     let (_echo, relay, relay_addr, inside) =
         tunnel(&["--statusInterval", "1"], &["--statusInterval", "1"]);
