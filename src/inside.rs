@@ -327,6 +327,9 @@ impl Agent {
                         info!("spare tunnel {id} registered at the relay");
                     }
                 }
+                if msg.waiting > 0 {
+                    self.open_for_waiting(usize::from(msg.waiting), now);
+                }
             }
             Kind::Drop => self.close(id, "dropped by the relay", false),
             _ => debug!("tunnel {id}: ignored {:?} from the relay", msg.kind),
@@ -386,6 +389,29 @@ impl Agent {
                     }
                     return;
                 }
+            }
+        }
+    }
+
+    /// The relay says `waiting` new clients wait for a spare: open that many now, less those already being
+    /// registered, within -n, rather than one behind each spare as it is taken.
+    fn open_for_waiting(&mut self, waiting: usize, now: Instant) {
+        let (Some(relay), Some(service)) = (self.relay, self.service) else {
+            return;
+        };
+        let pending = self
+            .tunnels
+            .values()
+            .filter(|h| !h.active && !h.registered)
+            .count();
+        let room = self.cfg.max_tunnels.saturating_sub(self.tunnels.len());
+        let extra = waiting.saturating_sub(pending).min(room);
+        if extra > 0 {
+            info!("{waiting} new clients wait at the relay: opening {extra} more spare tunnels");
+        }
+        for _ in 0..extra {
+            if let Err(e) = self.open(relay, service, now) {
+                return error!("cannot open a tunnel socket: {e}");
             }
         }
     }

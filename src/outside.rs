@@ -224,9 +224,7 @@ impl Relay {
         }
         if tun.addr == src {
             self.table.refresh(t, msg.counter, now);
-            let mut ack = msg.reply(Kind::Ack);
-            ack.active = self.table.get(t).client.is_some();
-            return self.reply(src, &ack);
+            return self.ack(src, msg, t);
         }
         // A known tunnel at a new address: its NAT mapping changed, or someone replays its keepalive. Hold the
         // address's data until the challenge is answered, so the tunnel is never taken for a new client.
@@ -257,9 +255,7 @@ impl Relay {
                     self.roam(t, src);
                 }
                 self.table.refresh(t, msg.counter, now);
-                let mut ack = msg.reply(Kind::Ack);
-                ack.active = self.table.get(t).client.is_some();
-                self.reply(src, &ack);
+                self.ack(src, msg, t);
             }
             None if msg.active => {
                 // It carried a client before this relay started; that mapping is gone, so the tunnel is useless.
@@ -316,7 +312,6 @@ impl Relay {
         if let Some(x) = displaced {
             self.drop_tunnel(x, "its client's address now belongs to a tunnel");
         }
-        self.reply(src, &msg.reply(Kind::Ack));
         info!(
             "spare tunnel {} registered from {} ({} spare)",
             msg.tunnel,
@@ -330,6 +325,16 @@ impl Relay {
             let dst = self.table.get(t).addr;
             held.iter().for_each(|d| self.send(d, dst));
         }
+        self.ack(src, msg, t);
+    }
+
+    /// Accept a keepalive or response. The ack also says how many new clients still wait for a spare, so
+    /// the inside agent opens that many at once instead of one behind each spare taken.
+    fn ack(&self, to: SocketAddr, msg: &Message, t: usize) {
+        let mut ack = msg.reply(Kind::Ack);
+        ack.active = self.table.get(t).client.is_some();
+        ack.waiting = self.table.waiting().min(255) as u8;
+        self.reply(to, &ack);
     }
 
     fn roam(&mut self, t: usize, src: SocketAddr) {

@@ -11,7 +11,7 @@
 //!  4      1    version    1
 //!  5      1    kind       1 keepalive  2 challenge  3 response  4 ack  5 close  6 drop  7 authfail
 //!  6      1    flags      bit 0: the tunnel carries a client (active); other bits 0
-//!  7      1    reserved   0
+//!  7      1    waiting    ack: new clients waiting at the relay for a spare (saturating at 255); 0 otherwise
 //!  8     16    instance   random id of one run of the inside agent
 //! 24      4    tunnel     tunnel number within that run, big-endian
 //! 28      8    counter    big-endian; inside→relay: strictly increasing within a run;
@@ -104,6 +104,8 @@ impl std::fmt::Display for Instance {
 pub struct Message {
     pub kind: Kind,
     pub active: bool,
+    /// Ack only: how many new clients wait for a spare, so the inside agent can open that many at once.
+    pub waiting: u8,
     pub instance: Instance,
     pub tunnel: u32,
     pub counter: u64,
@@ -115,6 +117,7 @@ impl Message {
         Message {
             kind,
             active: false,
+            waiting: 0,
             instance,
             tunnel,
             counter,
@@ -135,6 +138,7 @@ impl Message {
         b[..5].copy_from_slice(&MAGIC);
         b[5] = self.kind as u8;
         b[6] = self.active as u8;
+        b[7] = self.waiting;
         b[8..24].copy_from_slice(&self.instance.0);
         b[24..28].copy_from_slice(&self.tunnel.to_be_bytes());
         b[28..36].copy_from_slice(&self.counter.to_be_bytes());
@@ -144,12 +148,13 @@ impl Message {
 
     fn decode(b: &[u8; LEN]) -> Result<Message, Error> {
         let kind = Kind::from_u8(b[5]).ok_or(Error::Malformed)?;
-        if b[6] > 1 || b[7] != 0 {
+        if b[6] > 1 || (b[7] != 0 && kind != Kind::Ack) {
             return Err(Error::Malformed);
         }
         Ok(Message {
             kind,
             active: b[6] == 1,
+            waiting: b[7],
             instance: Instance(b[8..24].try_into().unwrap()),
             tunnel: u32::from_be_bytes(b[24..28].try_into().unwrap()),
             counter: u64::from_be_bytes(b[28..36].try_into().unwrap()),
@@ -312,6 +317,16 @@ mod tests {
             let m = Message { kind, ..sample() };
             assert_eq!(key.open(&key.seal(&m)), Ok(m));
         }
+    }
+
+    #[test]
+    fn ack_carries_the_waiting_count() {
+        let key = Key::new(b"k");
+        let mut ack = sample().reply(Kind::Ack);
+        ack.waiting = 200;
+        let b = key.seal(&ack);
+        assert_eq!(b[7], 200);
+        assert_eq!(key.open(&b), Ok(ack));
     }
 
     #[test]

@@ -609,6 +609,40 @@ fn fifty_clients_arriving_at_once_are_all_served_with_the_default_spare_pool() {
 }
 
 #[test]
+fn a_burst_beyond_the_spare_pool_makes_the_inside_open_spares_for_all_waiting_clients_at_once() {
+    // One spare, forty clients: the relay's acks say how many wait, and the inside opens that many together
+    // instead of one behind each spare taken.
+    let (_echo, relay, relay_addr, inside) =
+        tunnel(&["-n", "100"], &["-n", "100", "--spares", "1"]);
+    let start = Arc::new(Barrier::new(40));
+    let threads: Vec<_> = (0..40)
+        .map(|k| {
+            let start = start.clone();
+            thread::spawn(move || {
+                let c = Client::new(relay_addr);
+                let p = format!("burst client {k}");
+                start.wait();
+                c.send(p.as_bytes());
+                assert_eq!(c.recv(SOON).as_deref(), Some(p.as_bytes()), "client {k}");
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(relay.count("-> tunnel"), 40);
+    let line = inside.wait_for_log("wait at the relay: opening", SOON);
+    let opened: usize = line
+        .split("opening ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(opened > 1, "spares opened one at a time: {line}");
+}
+
+#[test]
 fn many_spares_registering_at_once_do_not_trip_the_replay_protection() {
     // 64 tunnels send their keepalives in the same instant, all counters from one run's counter, interleaved.
     // Agents run at debug level here: the relay says "stale or repeated keepalive" when it rejects one.
