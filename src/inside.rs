@@ -75,7 +75,8 @@ impl Control {
 
     /// The new relay address, if it changed since the last call.
     pub fn new_relay(&self) -> Option<SocketAddr> {
-        if self.relay_changed.swap(false, Acquire) {
+        // A plain load first: the swap (a locked instruction) only when something changed.
+        if self.relay_changed.load(Relaxed) && self.relay_changed.swap(false, Acquire) {
             *self.relay.lock().unwrap()
         } else {
             None
