@@ -667,3 +667,69 @@ fn status_lines_report_tunnels_on_both_sides() {
     relay.wait_for_count("status: tunnels", 2, Duration::from_secs(3));
     inside.wait_for_count("status: tunnels", 2, Duration::from_secs(3));
 }
+
+/// The inside agent in a private mount namespace whose /etc/hosts is `hosts` and whose name service reads only
+/// files: names resolve exactly as the test says, and no query ever leaves the machine.
+fn inside_with_hosts_file(
+    dir: &std::path::Path,
+    hosts: &std::path::Path,
+    args: &[&str],
+) -> Option<Agent> {
+    let root = unsafe { libc::geteuid() } == 0;
+    let unshare = std::process::Command::new("unshare")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !root || !unshare {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root and unshare(1) (CI is set)"
+        );
+        eprintln!("SKIP: needs root and unshare(1) for a private /etc/hosts");
+        return None;
+    }
+    let nss = dir.join("nsswitch.conf");
+    std::fs::write(&nss, "hosts: files\n").unwrap();
+    let script = format!(
+        "mount --bind {} /etc/hosts && mount --bind {} /etc/nsswitch.conf && exec \"$0\" \"$@\"",
+        hosts.display(),
+        nss.display()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "sh", "-c", &script, BIN]);
+    Some(Agent::spawn_command("inside-names", cmd, args))
+}
+
+#[test]
+fn relay_name_is_retried_until_it_resolves_and_looked_up_again_when_the_relay_goes_silent() {
+    let dir = std::env::temp_dir().join(format!("rut-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let echo = Echo::v4();
+    let (relay_a, a) = relay("127.0.0.1", FAST);
+    let (service, name) = (
+        echo.addr.to_string(),
+        format!("relay.rut.test:{}", a.port()),
+    );
+    let Some(inside) =
+        inside_with_hosts_file(&dir, &hosts, &with(FAST, &["-s", &service, "-o", &name]))
+    else {
+        return;
+    };
+    // At boot, before DNS works: the name does not resolve. Not an error: it is retried.
+    inside.wait_for_log("cannot resolve relay.rut.test", SOON);
+    std::fs::write(&hosts, "127.0.0.1 relay.rut.test\n").unwrap();
+    inside.wait_for_log("registered at the relay", Duration::from_secs(10));
+    Client::new(a).assert_served(b"through the relay found by name");
+
+    // Dynamic DNS: the relay comes back on another address and the name follows it; the old one goes silent.
+    let relay_b = relay_on("127.0.0.2", a.port(), FAST).expect("the port is free on 127.0.0.2");
+    std::fs::write(&hosts, "127.0.0.2 relay.rut.test\n").unwrap();
+    drop(relay_a);
+    inside.wait_for_log("moved from 127.0.0.1", Duration::from_secs(10));
+    relay_b.wait_for_log("registered from", SOON);
+    Client::new(SocketAddr::from(([127, 0, 0, 2], a.port())))
+        .assert_served(b"through the relay's new address");
+    let _ = std::fs::remove_dir_all(&dir);
+}
