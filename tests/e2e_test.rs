@@ -558,11 +558,11 @@ fn sigint_stops_the_relay_cleanly_with_a_last_status_line() {
     );
 }
 
-#[test]
-fn first_datagrams_of_simultaneous_new_clients_wait_for_a_spare() {
-    let (_echo, relay, relay_addr, _inside) = tunnel(&[], &["--spares", "1"]);
-    let start = Arc::new(Barrier::new(10));
-    let threads: Vec<_> = (0..10)
+/// `n` new clients, each on its own thread, send their first datagram at the same instant; each must get
+/// exactly that datagram back (its first datagram is never dropped), then be served once more.
+fn clients_at_once(relay_addr: SocketAddr, n: usize) {
+    let start = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
         .map(|k| {
             let start = start.clone();
             thread::spawn(move || {
@@ -571,10 +571,17 @@ fn first_datagrams_of_simultaneous_new_clients_wait_for_a_spare() {
                 start.wait();
                 c.send(p.as_bytes());
                 assert_eq!(c.recv(SOON).as_deref(), Some(p.as_bytes()), "client {k}");
+                c.assert_served(format!("client {k} again").as_bytes());
             })
         })
         .collect();
     threads.into_iter().for_each(|t| t.join().unwrap());
+}
+
+#[test]
+fn first_datagrams_of_simultaneous_new_clients_wait_for_a_spare() {
+    let (_echo, relay, relay_addr, _inside) = tunnel(&[], &["--spares", "1"]);
+    clients_at_once(relay_addr, 10);
     assert_eq!(relay.count("-> tunnel"), 10);
     relay.wait_for_log("no spare tunnel ready: holding", SOON);
 }
@@ -584,21 +591,7 @@ fn fifty_clients_arriving_at_once_are_all_served_with_the_default_spare_pool() {
     // The original C program crashed on this; with the default four spares, clients beyond the pool wait
     // for the spares opened behind them, their first datagram held, not dropped.
     let (echo, relay, relay_addr, _inside) = tunnel(&["-n", "100"], &["-n", "100"]);
-    let start = Arc::new(Barrier::new(50));
-    let threads: Vec<_> = (0..50)
-        .map(|k| {
-            let start = start.clone();
-            thread::spawn(move || {
-                let c = Client::new(relay_addr);
-                let p = format!("client {k} says hello");
-                start.wait();
-                c.send(p.as_bytes());
-                assert_eq!(c.recv(SOON).as_deref(), Some(p.as_bytes()), "client {k}");
-                c.assert_served(format!("client {k} again").as_bytes());
-            })
-        })
-        .collect();
-    threads.into_iter().for_each(|t| t.join().unwrap());
+    clients_at_once(relay_addr, 50);
     assert_eq!(relay.count("-> tunnel"), 50);
     assert_eq!(
         echo.peers().len(),
@@ -614,20 +607,7 @@ fn a_burst_beyond_the_spare_pool_makes_the_inside_open_spares_for_all_waiting_cl
     // instead of one behind each spare taken.
     let (_echo, relay, relay_addr, inside) =
         tunnel(&["-n", "100"], &["-n", "100", "--spares", "1"]);
-    let start = Arc::new(Barrier::new(40));
-    let threads: Vec<_> = (0..40)
-        .map(|k| {
-            let start = start.clone();
-            thread::spawn(move || {
-                let c = Client::new(relay_addr);
-                let p = format!("burst client {k}");
-                start.wait();
-                c.send(p.as_bytes());
-                assert_eq!(c.recv(SOON).as_deref(), Some(p.as_bytes()), "client {k}");
-            })
-        })
-        .collect();
-    threads.into_iter().for_each(|t| t.join().unwrap());
+    clients_at_once(relay_addr, 40);
     assert_eq!(relay.count("-> tunnel"), 40);
     let line = inside.wait_for_log("wait at the relay: opening", SOON);
     let opened: usize = line
