@@ -5,8 +5,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
-/// Largest UDP payload over IPv4; IPv6 allows a little more, and the buffer takes any of it.
-pub const MAX_DATAGRAM: usize = 65507;
+/// Takes any UDP payload: 65507 bytes over IPv4, a little more over IPv6.
 const BUF_LEN: usize = 65536;
 
 /// Resolve a name once. Several results: IPv4 first (a relay name with both records most often works on v4

@@ -115,7 +115,7 @@ impl Table {
                 Some(x)
             }
             Some(Peer::Held) => {
-                self.drop_held(&addr);
+                self.take_held(&addr);
                 None
             }
             Some(Peer::Tunnel(_)) | None => None,
@@ -290,9 +290,6 @@ impl Table {
         Some(h)
     }
 
-    fn drop_held(&mut self, addr: &SocketAddr) {
-        self.take_held(addr);
-    }
 
     /// Held datagrams older than `max_age`; returns how many datagrams were dropped.
     pub fn expire_held(&mut self, now: Instant, max_age: Duration) -> usize {
