@@ -319,10 +319,10 @@ impl Relay {
             self.table.spares()
         );
         if let Some((client, held)) = self.table.next_waiting() {
-            let spare = self.table.take_spare().expect("just registered");
-            debug_assert_eq!(spare, t);
-            self.assign(client, t);
-            let dst = self.table.get(t).addr;
+            // Clients only wait while there is no spare, so this is the one just registered.
+            let spare = self.table.take_spare().expect("a spare was just registered");
+            self.assign(client, spare);
+            let dst = self.table.get(spare).addr;
             held.iter().for_each(|d| self.send(d, dst));
         }
         self.ack(src, msg, t);
