@@ -35,6 +35,7 @@ pub struct Relay {
     said_badauth: bool,
     said_full: bool,
     said_waiting: bool,
+    said_expired: bool,
     last_authfail_notice: Option<Instant>,
 }
 
@@ -54,6 +55,7 @@ impl Relay {
             said_badauth: false,
             said_full: false,
             said_waiting: false,
+            said_expired: false,
             last_authfail_notice: None,
         }
     }
@@ -312,6 +314,9 @@ impl Relay {
         if let Some(x) = displaced {
             self.drop_tunnel(x, "its client's address now belongs to a tunnel");
         }
+        // Spares again: a later shortage is news worth a line.
+        self.said_waiting = false;
+        self.said_expired = false;
         info!(
             "spare tunnel {} registered from {} ({} spare)",
             msg.tunnel,
@@ -320,7 +325,10 @@ impl Relay {
         );
         if let Some((client, held)) = self.table.next_waiting() {
             // Clients only wait while there is no spare, so this is the one just registered.
-            let spare = self.table.take_spare().expect("a spare was just registered");
+            let spare = self
+                .table
+                .take_spare()
+                .expect("a spare was just registered");
             self.assign(client, spare);
             let dst = self.table.get(spare).addr;
             held.iter().for_each(|d| self.send(d, dst));
@@ -401,13 +409,15 @@ impl Relay {
         let dropped = self.table.expire_held(now, WAIT_FOR_SPARE);
         if dropped > 0 {
             self.drops.unrouted.fetch_add(dropped as u64, Relaxed);
-            info!(
-                "no spare tunnel came within {}s: dropped {dropped} held datagrams",
-                WAIT_FOR_SPARE.as_secs()
-            );
-        }
-        if self.table.waiting() == 0 {
-            self.said_waiting = false;
+            // Once per episode without spares (as when no inside agent is connected), then only counted:
+            // a client retrying for hours must not fill the log.
+            if !self.said_expired {
+                warn!(
+                    "no spare tunnel came within {}s: dropping held datagrams (counted as unrouted) until one does",
+                    WAIT_FOR_SPARE.as_secs()
+                );
+                self.said_expired = true;
+            }
         }
         if self.table.active() + self.table.waiting() < self.max_tunnels {
             self.said_full = false;

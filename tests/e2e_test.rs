@@ -713,3 +713,37 @@ fn relay_name_is_retried_until_it_resolves_and_looked_up_again_when_the_relay_go
         .assert_served(b"through the relay's new address");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_relay_without_inside_agent_says_so_once_however_long_a_client_retries() {
+    // prof7bit/udp-reverse-tunnel issue #3: the relay flooded its log when no inside agent was connected.
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", FAST);
+    let c = Client::new(relay_addr);
+    let end = Instant::now() + Duration::from_millis(10_800); // past the 10 s a held datagram may wait
+    let mut sent = 0;
+    while Instant::now() < end {
+        c.send(format!("retry {sent}").as_bytes());
+        sent += 1;
+        thread::sleep(Duration::from_millis(300));
+    }
+    relay.wait_for_log("no spare tunnel came within", SOON);
+    assert!(sent > 30);
+    assert_eq!(relay.count("no spare tunnel ready"), 1);
+    assert_eq!(relay.count("no spare tunnel came within"), 1);
+    // The inside agent arrives: the same client is served (its datagrams still held come first, in order).
+    let _inside = inside(echo.addr, relay_addr, FAST);
+    let served = wait_until(SOON, || {
+        c.send(b"after the inside agent came");
+        let reply = c.recv(Duration::from_millis(100))?;
+        assert!(
+            reply.starts_with(b"retry ") || reply.starts_with(b"after "),
+            "{reply:?}"
+        );
+        Some(())
+    });
+    assert!(
+        served.is_some(),
+        "client not served once the inside agent registered"
+    );
+}
