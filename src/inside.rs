@@ -212,9 +212,15 @@ impl Agent {
                         }
                         Err(e) => {
                             let wait = net::backoff(attempt, Duration::from_secs(30));
-                            warn!(
-                                "cannot resolve {name}: {e}; trying again in {}s",
-                                wait.as_secs()
+                            // Said once; the retries (every 30 s at most) only at debug level.
+                            let level = if attempt == 0 {
+                                log::Level::Warn
+                            } else {
+                                log::Level::Debug
+                            };
+                            log::log!(
+                                level,
+                                "cannot resolve {name}: {e}; retrying after 1, 2, 4 … 30 s"
                             );
                             std::thread::sleep(wait);
                         }
