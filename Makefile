@@ -11,7 +11,7 @@ build:
 	$(CARGO) build --release
 
 # Everything CI runs: unit + integration tests (loopback), then the network-namespace suite.
-test: build
+test: build lint
 	$(CARGO) test --release
 	$(MAKE) e2e
 	bash tests/packaging.sh

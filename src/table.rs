@@ -290,7 +290,6 @@ impl Table {
         Some(h)
     }
 
-
     /// Held datagrams older than `max_age`; returns how many datagrams were dropped.
     pub fn expire_held(&mut self, now: Instant, max_age: Duration) -> usize {
         let old: Vec<SocketAddr> = self
