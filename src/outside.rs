@@ -294,9 +294,9 @@ impl Relay {
     }
 
     fn register_spare(&mut self, src: SocketAddr, msg: &Message, now: Instant) {
-        if self.table.was_removed(&(msg.instance, msg.tunnel)) {
+        if self.table.was_closed(&(msg.instance, msg.tunnel)) {
             return debug!(
-                "response of removed tunnel {} from {}: ignored",
+                "response of closed tunnel {} from {}: ignored",
                 msg.tunnel,
                 net::shown(src)
             );
@@ -367,7 +367,7 @@ impl Relay {
 
     /// Forget a tunnel and tell the inside agent to close it.
     fn drop_tunnel(&mut self, t: usize, why: &str) {
-        let tun = self.table.remove(t);
+        let tun = self.table.close(t);
         info!("tunnel {} dropped: {why}", tun.key.1);
         let mut m = Message::new(Kind::Drop, tun.key.0, tun.key.1, tun.counter);
         m.active = tun.client.is_some();
@@ -382,7 +382,7 @@ impl Relay {
         if msg.counter <= self.table.get(t).counter {
             return;
         }
-        let tun = self.table.remove(t);
+        let tun = self.table.close(t);
         match tun.client {
             Some(c) => info!(
                 "tunnel {} closed by the inside agent (client {})",
@@ -394,7 +394,7 @@ impl Relay {
     }
 
     fn housekeeping(&mut self, now: Instant) {
-        self.table.expire_removed(now, protocol::COOKIE_LIFETIME);
+        self.table.expire_closed(now, protocol::COOKIE_LIFETIME);
         for tun in self.table.expire(now, 2 * self.keepalive) {
             let who = tun
                 .client

@@ -65,9 +65,11 @@ pub struct Table {
     held: HashMap<SocketAddr, Held>,
     held_bytes: usize,
     active: usize,
-    /// Tunnels removed recently. A response captured from a tunnel before it closed carries a cookie that stays
+    /// Tunnels closed recently. A response captured from a tunnel before it closed carries a cookie that stays
     /// valid for a few seconds; replayed from the tunnel's old address, it must not register a dead spare.
-    gone: HashMap<TunnelKey, Instant>,
+    /// (Expired tunnels are not kept: their last response is older than a cookie lives, and after an outage
+    /// they must be able to register again at once.)
+    closed: HashMap<TunnelKey, Instant>,
 }
 
 impl Table {
@@ -174,14 +176,23 @@ impl Table {
         (displaced, held)
     }
 
-    /// Whether a tunnel was removed recently (then it must not come back).
-    pub fn was_removed(&self, key: &TunnelKey) -> bool {
-        self.gone.contains_key(key)
+    /// Whether a tunnel was closed recently (then it must not come back).
+    pub fn was_closed(&self, key: &TunnelKey) -> bool {
+        self.closed.contains_key(key)
     }
 
-    /// Forget removals older than `max_age` (the longest a captured cookie stays valid).
-    pub fn expire_removed(&mut self, now: Instant, max_age: Duration) {
-        self.gone.retain(|_, at| now.duration_since(*at) <= max_age);
+    /// Forget closures older than `max_age` (the longest a captured cookie stays valid).
+    pub fn expire_closed(&mut self, now: Instant, max_age: Duration) {
+        self.closed
+            .retain(|_, at| now.duration_since(*at) <= max_age);
+    }
+
+    /// Remove a tunnel that is dead for certain (closed by the inside agent, or dropped by the relay), and
+    /// remember it so that a replay cannot bring it back.
+    pub fn close(&mut self, t: usize) -> Tunnel {
+        let tun = self.remove(t);
+        self.closed.insert(tun.key, Instant::now());
+        tun
     }
 
     pub fn take_spare(&mut self) -> Option<usize> {
@@ -196,7 +207,6 @@ impl Table {
 
     pub fn remove(&mut self, t: usize) -> Tunnel {
         let tun = self.slots[t].take().expect("live tunnel index");
-        self.gone.insert(tun.key, Instant::now());
         self.free.push(t);
         self.by_key.remove(&tun.key);
         if self.peers.get(&tun.addr) == Some(&Peer::Tunnel(t)) {
@@ -406,20 +416,26 @@ mod tests {
     }
 
     #[test]
-    fn removed_tunnels_are_remembered_until_their_cookies_expire() {
+    fn closed_tunnels_are_remembered_until_their_cookies_expire_expired_ones_not() {
         let mut tb = Table::default();
         let now = Instant::now();
         let (t, _) = tb.register(key(1), addr(1000), 1, now);
-        assert!(!tb.was_removed(&key(1)));
-        tb.remove(t);
-        assert!(tb.was_removed(&key(1)));
-        tb.expire_removed(Instant::now(), Duration::from_secs(10));
-        assert!(tb.was_removed(&key(1)));
-        tb.expire_removed(
+        let (u, _) = tb.register(key(2), addr(1001), 1, now);
+        assert!(!tb.was_closed(&key(1)));
+        tb.close(t);
+        tb.remove(u);
+        assert!(tb.was_closed(&key(1)));
+        assert!(
+            !tb.was_closed(&key(2)),
+            "an expired or replaced tunnel may register again"
+        );
+        tb.expire_closed(Instant::now(), Duration::from_secs(10));
+        assert!(tb.was_closed(&key(1)));
+        tb.expire_closed(
             Instant::now() + Duration::from_secs(11),
             Duration::from_secs(10),
         );
-        assert!(!tb.was_removed(&key(1)));
+        assert!(!tb.was_closed(&key(1)));
     }
 
     #[test]

@@ -747,3 +747,24 @@ fn a_relay_without_inside_agent_says_so_once_however_long_a_client_retries() {
         "client not served once the inside agent registered"
     );
 }
+
+#[test]
+fn after_an_outage_longer_than_two_keepalive_intervals_spares_register_again_at_once() {
+    // The relay forgets spares it has not heard from for 2 × keepaliveInterval; once the path is back they must
+    // register again at their next keepalive, not be kept out as if they had closed.
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", FAST);
+    let nat = MiniNat::new(relay_addr);
+    let _inside = inside(echo.addr, nat.addr, FAST);
+    relay.wait_for_count("registered from", 4, SOON);
+    nat.set_faults(Faults {
+        drop: true,
+        ..Faults::default()
+    });
+    relay.wait_for_count("sent no keepalive for 2s: forgotten", 4, SOON);
+    nat.set_faults(Faults::default());
+    let back = Instant::now();
+    relay.wait_for_count("registered from", 8, Duration::from_secs(4));
+    assert!(back.elapsed() < Duration::from_secs(4));
+    Client::new(relay_addr).assert_served(b"served after the outage");
+}
