@@ -242,7 +242,12 @@ impl Agent {
             Event::Resolved { relay: true, addr } => self.relay_resolved(addr, now),
             Event::Control(id, msg) => self.on_control(id, msg, now),
             Event::AuthFail => {
-                if !self.said_authfail && self.heard.is_none() {
+                // The notice is unauthenticated: believed only while the relay has not answered us lately,
+                // so nobody can make a working agent log that its key is wrong.
+                let answering = self
+                    .heard
+                    .is_some_and(|t| now.duration_since(t) < self.cfg.keepalive);
+                if !self.said_authfail && !answering {
                     warn!("the relay rejects our control messages: its key differs from ours (-k, --keyFile)");
                     self.said_authfail = true;
                 }
@@ -293,6 +298,7 @@ impl Agent {
             return debug!("tunnel {id}: ignored a relay message for another tunnel");
         }
         self.heard = Some(now);
+        self.said_authfail = false;
         if self.said_silent {
             info!("the relay answers again");
             self.said_silent = false;

@@ -247,6 +247,8 @@ impl Relay {
                 net::shown(src)
             );
         }
+        // The key works again (or at last): a later mismatch is news worth a line.
+        self.said_badauth = false;
         self.adopt_instance(msg.instance, src);
         match self.table.find(&(msg.instance, msg.tunnel)) {
             Some(t) => {

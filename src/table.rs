@@ -52,6 +52,8 @@ pub struct Held {
 /// Per waiting client and in all: a burst of new clients is held, a flood is not.
 pub const HOLD_PER_ADDR: usize = 16;
 pub const HOLD_TOTAL_BYTES: usize = 4 << 20;
+/// Addresses held at once (waiting clients are also bounded by -n; roaming claims only by this).
+pub const HOLD_ADDRS: usize = 4096;
 
 #[derive(Default)]
 pub struct Table {
@@ -268,7 +270,7 @@ impl Table {
 
     /// Mark `addr` as possibly a known tunnel's new address, so its data waits for the challenge's answer.
     pub fn expect_roam(&mut self, addr: SocketAddr, now: Instant) {
-        if !self.peers.contains_key(&addr) {
+        if !self.peers.contains_key(&addr) && self.held.len() < HOLD_ADDRS {
             self.held.insert(
                 addr,
                 Held {
@@ -401,6 +403,17 @@ mod tests {
         assert_eq!(tb.route(&addr(1000)), Route::New);
         assert_eq!(tb.get(s).client, None);
         assert_eq!(tb.active(), 1);
+    }
+
+    #[test]
+    fn roaming_claims_are_bounded() {
+        let mut tb = Table::default();
+        let now = Instant::now();
+        for port in 0..(HOLD_ADDRS + 100) as u16 {
+            tb.expect_roam(addr(port), now);
+        }
+        assert_eq!(tb.held.len(), HOLD_ADDRS);
+        assert_eq!(tb.route(&addr(HOLD_ADDRS as u16 + 50)), Route::New);
     }
 
     #[test]
