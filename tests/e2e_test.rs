@@ -26,6 +26,20 @@ fn tunnel(relay_opts: &[&str], inside_opts: &[&str]) -> (Echo, Agent, SocketAddr
     (echo, relay, relay_addr, inside)
 }
 
+/// Like `tunnel`, with a MiniNat (its `faults` on from the start) between the inside agent and the relay.
+fn tunnel_via_nat(
+    inside_opts: &[&str],
+    faults: Faults,
+) -> (Echo, Agent, SocketAddr, MiniNat, Agent) {
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", FAST);
+    let nat = MiniNat::new(relay_addr);
+    nat.set_faults(faults);
+    let inside = inside(echo.addr, nat.addr, &with(FAST, inside_opts));
+    inside.wait_for_log("registered at the relay", SOON);
+    (echo, relay, relay_addr, nat, inside)
+}
+
 /// The start of the relay's line "client ADDR -> tunnel N at ADDR (K active)" for this client.
 fn client_line(c: &Client) -> String {
     format!("client {} -> tunnel", c.addr())
@@ -225,15 +239,8 @@ fn empty_key_works_but_warns_that_anyone_can_hijack() {
 
 #[test]
 fn replayed_control_messages_hijack_nothing() {
-    let echo = Echo::v4();
-    let (relay, relay_addr) = relay("127.0.0.1", FAST);
-    let nat = MiniNat::new(relay_addr);
-    let inside = inside(
-        echo.addr,
-        nat.addr,
-        &with(FAST, &["--connectionTimeout", "1"]),
-    );
-    inside.wait_for_log("registered at the relay", SOON);
+    let (_echo, relay, relay_addr, nat, _inside) =
+        tunnel_via_nat(&["--connectionTimeout", "1"], Faults::default());
     Client::new(relay_addr).assert_served(b"a tunnel that will close");
     relay.wait_for_log("closed by the inside agent", SOON);
     let recorded = nat.recorded_control();
@@ -278,12 +285,10 @@ fn replayed_control_messages_hijack_nothing() {
 
 #[test]
 fn replayed_response_of_a_closed_tunnel_registers_no_dead_spare() {
-    let echo = Echo::v4();
-    let (relay, relay_addr) = relay("127.0.0.1", FAST);
-    let nat = MiniNat::new(relay_addr);
-    let opts = with(FAST, &["--spares", "1", "--connectionTimeout", "1"]);
-    let inside = inside(echo.addr, nat.addr, &opts);
-    inside.wait_for_log("registered at the relay", SOON);
+    let (_echo, relay, relay_addr, nat, _inside) = tunnel_via_nat(
+        &["--spares", "1", "--connectionTimeout", "1"],
+        Faults::default(),
+    );
     let a = Client::new(relay_addr);
     a.assert_served(b"a tunnel that will close");
     let line = relay.wait_for_log(&client_line(&a), SOON);
@@ -353,16 +358,12 @@ fn forged_control_datagrams_change_nothing_and_get_no_bigger_answer() {
 
 #[test]
 fn duplicated_and_reordered_keepalives_never_drop_a_live_tunnel() {
-    let echo = Echo::v4();
-    let (relay, relay_addr) = relay("127.0.0.1", FAST);
-    let nat = MiniNat::new(relay_addr);
-    nat.set_faults(Faults {
+    let faults = Faults {
         duplicate: true,
         reorder: true,
         ..Faults::default()
-    });
-    let inside = inside(echo.addr, nat.addr, FAST);
-    inside.wait_for_log("registered at the relay", SOON);
+    };
+    let (_echo, relay, relay_addr, _nat, inside) = tunnel_via_nat(&[], faults);
     let c = Client::new(relay_addr);
     c.assert_served(b"first");
     let start = Instant::now();
@@ -385,11 +386,7 @@ fn duplicated_and_reordered_keepalives_never_drop_a_live_tunnel() {
 
 #[test]
 fn roaming_tunnel_follows_its_new_nat_mapping_and_keeps_its_client() {
-    let echo = Echo::v4();
-    let (relay, relay_addr) = relay("127.0.0.1", FAST);
-    let nat = MiniNat::new(relay_addr);
-    let inside = inside(echo.addr, nat.addr, FAST);
-    inside.wait_for_log("registered at the relay", SOON);
+    let (echo, relay, relay_addr, nat, _inside) = tunnel_via_nat(&[], Faults::default());
     let c = Client::new(relay_addr);
     c.assert_served(b"before the NAT forgets us");
     let peers = echo.peers();
@@ -752,10 +749,7 @@ fn a_relay_without_inside_agent_says_so_once_however_long_a_client_retries() {
 fn after_an_outage_longer_than_two_keepalive_intervals_spares_register_again_at_once() {
     // The relay forgets spares it has not heard from for 2 × keepaliveInterval; once the path is back they must
     // register again at their next keepalive, not be kept out as if they had closed.
-    let echo = Echo::v4();
-    let (relay, relay_addr) = relay("127.0.0.1", FAST);
-    let nat = MiniNat::new(relay_addr);
-    let _inside = inside(echo.addr, nat.addr, FAST);
+    let (_echo, relay, relay_addr, nat, _inside) = tunnel_via_nat(&[], Faults::default());
     relay.wait_for_count("registered from", 4, SOON);
     nat.set_faults(Faults {
         drop: true,
