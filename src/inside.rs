@@ -10,7 +10,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use log::{debug, error, info, warn};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 pub struct Identity {
     pub key: Key,
     pub instance: Instance,
-    /// One counter for the whole run, so messages of every tunnel are fresh whatever the clock says.
-    counter: AtomicU64,
+    /// One counter for the whole run, so messages of every tunnel are fresh whatever the clock says. A mutex,
+    /// not an AtomicU64: MIPS32 has no 64-bit atomics, and a control message costs an HMAC anyway.
+    counter: Mutex<u64>,
 }
 
 impl Identity {
@@ -27,12 +28,16 @@ impl Identity {
         Identity {
             key: Key::new(key),
             instance: Instance::random(),
-            counter: AtomicU64::new(0),
+            counter: Mutex::new(0),
         }
     }
 
     pub fn seal(&self, kind: Kind, tunnel: u32, active: bool, cookie: [u8; 16]) -> [u8; LEN] {
-        let counter = self.counter.fetch_add(1, Relaxed) + 1;
+        let counter = {
+            let mut c = self.counter.lock().unwrap_or_else(|e| e.into_inner());
+            *c += 1;
+            *c
+        };
         let mut m = Message::new(kind, self.instance, tunnel, counter);
         m.active = active;
         m.cookie = cookie;

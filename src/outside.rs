@@ -97,17 +97,17 @@ impl Relay {
             Route::To(dst) => self.send(data, dst),
             Route::Hold => {
                 if !self.table.hold(src, data, Instant::now()) {
-                    Drops::add(&self.drops.overflow);
+                    self.drops.overflow.incr();
                 }
             }
-            Route::Unrouted => Drops::add(&self.drops.unrouted),
+            Route::Unrouted => self.drops.unrouted.incr(),
             Route::New => self.new_client(src, data),
         }
     }
 
     fn send(&self, data: &[u8], dst: SocketAddr) {
         if let Err(e) = self.sock.send_to(data, dst) {
-            Drops::add(&self.drops.senderr);
+            self.drops.senderr.incr();
             debug!(
                 "send of {} bytes to {} failed: {e}",
                 data.len(),
@@ -118,7 +118,7 @@ impl Relay {
 
     fn new_client(&mut self, src: SocketAddr, data: &[u8]) {
         if self.table.active() + self.table.waiting() >= self.max_tunnels {
-            Drops::add(&self.drops.refused);
+            self.drops.refused.incr();
             if !self.said_full {
                 warn!(
                     "all {} tunnels in use: refusing new clients (first: {})",
@@ -136,7 +136,7 @@ impl Relay {
             }
             None => {
                 if !self.table.hold(src, data, Instant::now()) {
-                    Drops::add(&self.drops.overflow);
+                    self.drops.overflow.incr();
                 } else if !self.said_waiting {
                     info!(
                         "no spare tunnel ready: holding new clients' datagrams until one registers"
@@ -188,7 +188,7 @@ impl Relay {
     }
 
     fn on_badauth(&mut self, src: SocketAddr) {
-        Drops::add(&self.drops.badauth);
+        self.drops.badauth.incr();
         if !self.said_badauth {
             warn!(
                 "control message from {} failed authentication: the inside agent's key differs from ours (-k)",
@@ -362,7 +362,7 @@ impl Relay {
         match self.table.get(t).client {
             Some(c) => held.iter().for_each(|d| self.send(d, c)),
             None => {
-                self.drops.unrouted.fetch_add(held.len() as u64, Relaxed);
+                self.drops.unrouted.add(held.len() as u64);
             }
         }
     }
@@ -410,7 +410,7 @@ impl Relay {
         }
         let dropped = self.table.expire_held(now, WAIT_FOR_SPARE);
         if dropped > 0 {
-            self.drops.unrouted.fetch_add(dropped as u64, Relaxed);
+            self.drops.unrouted.add(dropped as u64);
             // Once per episode without spares (as when no inside agent is connected), then only counted:
             // a client retrying for hours must not fill the log.
             if !self.said_expired {

@@ -100,16 +100,16 @@ impl Tunnel {
                 last_traffic = now;
                 self.forward(data, self.relay);
             } else if src == self.service {
-                Drops::add(&self.drops.unrouted);
+                self.drops.unrouted.incr();
             } else {
-                Drops::add(&self.drops.foreign);
+                self.drops.foreign.incr();
             }
         }
     }
 
     fn forward(&self, data: &[u8], to: SocketAddr) {
         if self.sock.send_to(data, to).is_err() {
-            Drops::add(&self.drops.senderr);
+            self.drops.senderr.incr();
         }
     }
 
@@ -121,7 +121,7 @@ impl Tunnel {
             Err(protocol::Error::AuthFailNotice) => {
                 let _ = self.events.send(Event::AuthFail);
             }
-            Err(_) => Drops::add(&self.drops.badauth),
+            Err(_) => self.drops.badauth.incr(),
         }
     }
 
