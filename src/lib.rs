@@ -6,10 +6,13 @@
 //! - [`inside`] and [`tunnel`]: the inside agent, a coordinator thread and one thread per tunnel.
 
 pub mod cli;
+pub mod coordinator;
 pub mod inside;
 pub mod net;
 pub mod outside;
+pub mod pace;
 pub mod protocol;
+pub mod relay;
 pub mod signal;
 pub mod stats;
 pub mod table;

@@ -163,6 +163,7 @@ impl Message {
     }
 }
 
+/// Why a datagram is not an acceptable control message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
     /// Not shaped like a control message: it is data.
@@ -174,6 +175,19 @@ pub enum Error {
     /// The MAC verifies but a field holds a value this version does not know.
     Malformed,
 }
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Error::NotControl => "not a control message",
+            Error::BadMac => "failed authentication",
+            Error::AuthFailNotice => "an authfail notice",
+            Error::Malformed => "authentic but malformed",
+        })
+    }
+}
+
+impl std::error::Error for Error {}
 
 /// Cheap test run on every datagram: length and magic. Only a match costs an HMAC.
 #[inline]
@@ -227,6 +241,39 @@ impl Key {
     }
 }
 
+/// Who one run of the inside agent is: the key, the run's random instance id and its message counter. Shared by
+/// the coordinator and the tunnel threads, which all seal messages.
+pub struct Identity {
+    pub key: Key,
+    pub instance: Instance,
+    /// One counter for the whole run, so messages of every tunnel are fresh whatever the clock says. A mutex,
+    /// not an AtomicU64: MIPS32 has no 64-bit atomics, and a control message costs an HMAC anyway.
+    counter: std::sync::Mutex<u64>,
+}
+
+impl Identity {
+    pub fn new(key: &[u8], instance: Instance) -> Identity {
+        Identity {
+            key: Key::new(key),
+            instance,
+            counter: std::sync::Mutex::new(0),
+        }
+    }
+
+    /// Seal a fresh inside→relay message: the counter strictly increases across all tunnels of the run.
+    pub fn seal(&self, kind: Kind, tunnel: u32, active: bool, cookie: [u8; 16]) -> [u8; LEN] {
+        let counter = {
+            let mut c = self.counter.lock().unwrap_or_else(|e| e.into_inner());
+            *c += 1;
+            *c
+        };
+        let mut m = Message::new(kind, self.instance, tunnel, counter);
+        m.active = active;
+        m.cookie = cookie;
+        self.key.seal(&m)
+    }
+}
+
 /// The relay's stateless challenge, as DTLS's HelloVerifyRequest: a MAC, under a secret that lives only in
 /// this relay process, of the claimed tunnel, the address it came from and a coarse clock. Answering it proves
 /// the sender receives at that address and holds the shared key, so a replayed keepalive from anywhere else
@@ -243,16 +290,16 @@ pub const COOKIE_LIFETIME: std::time::Duration =
     std::time::Duration::from_secs(2 * COOKIE_PERIOD_SECS);
 
 impl Cookies {
-    pub fn new() -> Cookies {
-        let secret: [u8; 32] = random_bytes();
+    /// `secret` lives only in this relay process (the OS generator gives it); epochs count from `start`.
+    pub fn new(secret: [u8; 32], start: Instant) -> Cookies {
         Cookies {
-            mac: Hmac::new_from_slice(&secret).unwrap(),
-            start: Instant::now(),
+            mac: Hmac::new_from_slice(&secret).expect("HMAC takes keys of any length"),
+            start,
         }
     }
 
     fn epoch(&self, now: Instant) -> u64 {
-        now.duration_since(self.start).as_secs() / COOKIE_PERIOD_SECS
+        now.saturating_duration_since(self.start).as_secs() / COOKIE_PERIOD_SECS
     }
 
     fn compute(&self, epoch: u64, from: SocketAddr, msg: &Message) -> [u8; 16] {
@@ -283,12 +330,6 @@ impl Cookies {
                 == 0
         };
         ok(e) | (e > 0 && ok(e - 1))
-    }
-}
-
-impl Default for Cookies {
-    fn default() -> Self {
-        Cookies::new()
     }
 }
 
@@ -408,8 +449,8 @@ mod tests {
 
     #[test]
     fn cookie_binds_address_tunnel_and_time() {
-        let c = Cookies::new();
         let now = Instant::now();
+        let c = Cookies::new([1; 32], now);
         let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
         let b: SocketAddr = "192.0.2.1:1001".parse().unwrap();
         let mut m = sample();
@@ -420,6 +461,9 @@ mod tests {
         assert!(!c.check(now, a, &other_tunnel));
         let later = now + std::time::Duration::from_secs(3 * COOKIE_PERIOD_SECS);
         assert!(!c.check(later, a, &m), "expired");
-        assert!(!Cookies::new().check(now, a, &m), "another relay process");
+        assert!(
+            !Cookies::new([2; 32], now).check(now, a, &m),
+            "another relay process"
+        );
     }
 }

@@ -79,8 +79,12 @@ impl Table {
     #[inline]
     pub fn route(&self, src: &SocketAddr) -> Route {
         match self.peers.get(src) {
-            Some(Peer::Client(t)) => Route::To(self.get(*t).addr),
-            Some(Peer::Tunnel(t)) => match self.get(*t).client {
+            // A stale index would be a bug; it routes nowhere rather than aborting.
+            Some(Peer::Client(t)) => match self.get(*t) {
+                Some(tun) => Route::To(tun.addr),
+                None => Route::Unrouted,
+            },
+            Some(Peer::Tunnel(t)) => match self.get(*t).and_then(|tun| tun.client) {
                 Some(c) => Route::To(c),
                 None => Route::Unrouted,
             },
@@ -89,8 +93,13 @@ impl Table {
         }
     }
 
-    pub fn get(&self, t: usize) -> &Tunnel {
-        self.slots[t].as_ref().expect("live tunnel index")
+    /// The tunnel at index `t`, if it is live.
+    pub fn get(&self, t: usize) -> Option<&Tunnel> {
+        self.slots.get(t)?.as_ref()
+    }
+
+    fn get_mut(&mut self, t: usize) -> Option<&mut Tunnel> {
+        self.slots.get_mut(t)?.as_mut()
     }
 
     pub fn find(&self, key: &TunnelKey) -> Option<usize> {
@@ -114,7 +123,8 @@ impl Table {
     fn claim(&mut self, addr: SocketAddr) -> Option<usize> {
         match self.peers.remove(&addr) {
             Some(Peer::Client(x)) => {
-                self.slots[x].as_mut().unwrap().client = None;
+                let tun = self.get_mut(x)?;
+                tun.client = None;
                 self.active -= 1;
                 Some(x)
             }
@@ -159,9 +169,10 @@ impl Table {
     }
 
     pub fn refresh(&mut self, t: usize, counter: u64, now: Instant) {
-        let tun = self.slots[t].as_mut().unwrap();
-        tun.counter = counter;
-        tun.last_keepalive = now;
+        if let Some(tun) = self.get_mut(t) {
+            tun.counter = counter;
+            tun.last_keepalive = now;
+        }
     }
 
     /// A known tunnel proved it is now at `addr`. Returns the tunnel displaced from `addr`, if any, and the
@@ -172,9 +183,11 @@ impl Table {
             .map(|h| h.datagrams)
             .unwrap_or_default();
         let displaced = self.claim(addr);
-        let old = std::mem::replace(&mut self.slots[t].as_mut().unwrap().addr, addr);
-        self.peers.remove(&old);
-        self.peers.insert(addr, Peer::Tunnel(t));
+        if let Some(tun) = self.get_mut(t) {
+            let old = std::mem::replace(&mut tun.addr, addr);
+            self.peers.remove(&old);
+            self.peers.insert(addr, Peer::Tunnel(t));
+        }
         (displaced, held)
     }
 
@@ -191,10 +204,10 @@ impl Table {
 
     /// Remove a tunnel that is dead for certain (closed by the inside agent, or dropped by the relay), and
     /// remember it so that a replay cannot bring it back.
-    pub fn close(&mut self, t: usize) -> Tunnel {
-        let tun = self.remove(t);
-        self.closed.insert(tun.key, Instant::now());
-        tun
+    pub fn close(&mut self, t: usize, now: Instant) -> Option<Tunnel> {
+        let tun = self.remove(t)?;
+        self.closed.insert(tun.key, now);
+        Some(tun)
     }
 
     pub fn take_spare(&mut self) -> Option<usize> {
@@ -202,13 +215,15 @@ impl Table {
     }
 
     pub fn assign(&mut self, client: SocketAddr, t: usize) {
-        self.slots[t].as_mut().unwrap().client = Some(client);
-        self.peers.insert(client, Peer::Client(t));
-        self.active += 1;
+        if let Some(tun) = self.get_mut(t) {
+            tun.client = Some(client);
+            self.peers.insert(client, Peer::Client(t));
+            self.active += 1;
+        }
     }
 
-    pub fn remove(&mut self, t: usize) -> Tunnel {
-        let tun = self.slots[t].take().expect("live tunnel index");
+    pub fn remove(&mut self, t: usize) -> Option<Tunnel> {
+        let tun = self.slots.get_mut(t)?.take()?;
         self.free.push(t);
         self.by_key.remove(&tun.key);
         if self.peers.get(&tun.addr) == Some(&Peer::Tunnel(t)) {
@@ -220,7 +235,7 @@ impl Table {
         } else {
             self.spares.retain(|&s| s != t);
         }
-        tun
+        Some(tun)
     }
 
     /// Every tunnel of a run of the inside agent, e.g. one that has been replaced by a restart.
@@ -231,7 +246,7 @@ impl Table {
             .filter(|(k, _)| k.0 == instance)
             .map(|(_, &t)| t)
             .collect();
-        ts.into_iter().map(|t| self.remove(t)).collect()
+        ts.into_iter().filter_map(|t| self.remove(t)).collect()
     }
 
     /// Tunnels with no keepalive within `max_age`.
@@ -239,7 +254,7 @@ impl Table {
         let old: Vec<usize> = (0..self.slots.len())
             .filter(|&t| matches!(&self.slots[t], Some(tun) if now.duration_since(tun.last_keepalive) > max_age))
             .collect();
-        old.into_iter().map(|t| self.remove(t)).collect()
+        old.into_iter().filter_map(|t| self.remove(t)).collect()
     }
 
     /// Hold a datagram for `addr`: an address already held (a waiting client, or one being challenged as a
@@ -401,7 +416,7 @@ mod tests {
         assert_eq!(tb.route(&addr(1001)), Route::To(addr(5)));
         assert_eq!(tb.route(&addr(5)), Route::To(addr(1001)));
         assert_eq!(tb.route(&addr(1000)), Route::New);
-        assert_eq!(tb.get(s).client, None);
+        assert_eq!(tb.get(s).unwrap().client, None);
         assert_eq!(tb.active(), 1);
     }
 
@@ -435,7 +450,7 @@ mod tests {
         let (t, _) = tb.register(key(1), addr(1000), 1, now);
         let (u, _) = tb.register(key(2), addr(1001), 1, now);
         assert!(!tb.was_closed(&key(1)));
-        tb.close(t);
+        tb.close(t, now);
         tb.remove(u);
         assert!(tb.was_closed(&key(1)));
         assert!(

@@ -4,14 +4,81 @@
 //! so sees one distinct peer per client). Every datagram is one receive and one send; control messages from the
 //! relay go to the coordinator, which owns all decisions.
 
-use crate::inside::{Control, Event, Identity};
 use crate::net::{self, RecvBuf};
-use crate::protocol::{self, Kind};
+use crate::protocol::{self, Identity, Kind, Message};
 use crate::stats::Drops;
 use crossbeam_channel::Sender;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// What a tunnel thread tells the coordinator (with its tunnel number).
+#[derive(Debug)]
+pub enum Event {
+    /// An authenticated message from the relay.
+    Control(Message),
+    /// The relay's unauthenticated "your MAC failed" notice.
+    AuthFail,
+    /// The first datagram of a client arrived: the tunnel is no longer a spare.
+    Activated,
+    /// An active tunnel carried nothing for its idle timeout; the thread has ended.
+    Idle,
+    /// The thread could not go on and has ended.
+    Failed(Failure),
+}
+
+/// Why a tunnel thread ended on its own.
+#[derive(Debug)]
+pub enum Failure {
+    Buffer(std::io::Error),
+    Timeout(std::io::Error),
+    Receive(std::io::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Failure::Buffer(e) => write!(f, "cannot allocate its receive buffer: {e}"),
+            Failure::Timeout(e) => write!(f, "cannot set its receive timeout: {e}"),
+            Failure::Receive(e) => write!(f, "receive failed: {e}"),
+        }
+    }
+}
+
+/// What the coordinator tells a tunnel thread: only ever "stop" or "the relay's address is now X", where the
+/// latest value wins, so a flag and a slot rather than a queue. The tunnel checks one atomic per datagram.
+#[derive(Default)]
+pub struct Control {
+    stop: AtomicBool,
+    relay_changed: AtomicBool,
+    relay: Mutex<Option<SocketAddr>>,
+}
+
+impl Control {
+    pub fn set_relay(&self, addr: SocketAddr) {
+        *self.relay.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+        self.relay_changed.store(true, Release);
+    }
+
+    /// The new relay address, if it changed since the last call.
+    pub fn new_relay(&self) -> Option<SocketAddr> {
+        // A plain load first: the swap (a locked instruction) only when something changed.
+        if self.relay_changed.load(Relaxed) && self.relay_changed.swap(false, Acquire) {
+            *self.relay.lock().unwrap_or_else(|e| e.into_inner())
+        } else {
+            None
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Relaxed);
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+}
 
 /// Small stacks: a thousand tunnels are a thousand threads. The receive buffer is not on the stack.
 const STACK: usize = 128 * 1024;
@@ -31,7 +98,7 @@ pub struct Tunnel {
     pub identity: Arc<Identity>,
     /// This tunnel's share of --connectionTimeout, jitter included.
     pub idle_timeout: Duration,
-    pub events: Sender<Event>,
+    pub events: Sender<(u32, Event)>,
     pub ctl: Arc<Control>,
     pub drops: Arc<Drops>,
 }
@@ -48,12 +115,12 @@ impl Tunnel {
     fn run(mut self) {
         let mut buf = match RecvBuf::new() {
             Ok(b) => b,
-            Err(e) => return self.fail(e),
+            Err(e) => return self.report(Event::Failed(Failure::Buffer(e))),
         };
         let tick =
             (self.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         if let Err(e) = self.sock.set_read_timeout(Some(tick)) {
-            return self.fail(e);
+            return self.report(Event::Failed(Failure::Timeout(e)));
         }
         let mut active = false;
         let mut last_traffic = Instant::now();
@@ -69,12 +136,11 @@ impl Tunnel {
                 Ok(r) => r,
                 Err(e) if net::is_timeout(&e) => {
                     if active && last_traffic.elapsed() >= self.idle_timeout {
-                        let _ = self.events.send(Event::Idle(self.id));
-                        return;
+                        return self.report(Event::Idle);
                     }
                     continue;
                 }
-                Err(e) => return self.fail(e),
+                Err(e) => return self.report(Event::Failed(Failure::Receive(e))),
             };
             let data = &buf[..n];
             let now = Instant::now();
@@ -85,7 +151,7 @@ impl Tunnel {
                 }
                 if !active {
                     active = true;
-                    let _ = self.events.send(Event::Activated(self.id));
+                    self.report(Event::Activated);
                 }
                 last_traffic = now;
                 self.forward(data, self.service);
@@ -115,17 +181,14 @@ impl Tunnel {
 
     fn on_control(&self, data: &[u8]) {
         match self.identity.key.open(data) {
-            Ok(msg) => {
-                let _ = self.events.send(Event::Control(self.id, msg));
-            }
-            Err(protocol::Error::AuthFailNotice) => {
-                let _ = self.events.send(Event::AuthFail);
-            }
+            Ok(msg) => self.report(Event::Control(msg)),
+            Err(protocol::Error::AuthFailNotice) => self.report(Event::AuthFail),
             Err(_) => self.drops.badauth.incr(),
         }
     }
 
-    fn fail(&self, e: std::io::Error) {
-        let _ = self.events.send(Event::Failed(self.id, e.to_string()));
+    fn report(&self, event: Event) {
+        // The coordinator outlives every tunnel thread; if it is gone, the process is exiting anyway.
+        let _ = self.events.send((self.id, event));
     }
 }
