@@ -113,6 +113,16 @@ impl Relay {
         &self.table
     }
 
+    /// The run of the inside agent being served.
+    pub fn current(&self) -> Option<Instance> {
+        self.current
+    }
+
+    /// How many replaced runs are remembered (at most [`RETIRED_KEPT`]).
+    pub fn retired(&self) -> usize {
+        self.retired.len()
+    }
+
     pub fn drops(&self) -> &Drops {
         &self.drops
     }
@@ -313,9 +323,12 @@ impl Relay {
         msg: &Message,
         out: &mut Vec<Transmit>,
     ) {
-        if self.table.was_closed(&(msg.instance, msg.tunnel)) {
+        if !self
+            .table
+            .may_register(&(msg.instance, msg.tunnel), msg.counter)
+        {
             return debug!(
-                "response of closed tunnel {} from {}: ignored",
+                "replayed response of removed tunnel {} from {}: ignored",
                 msg.tunnel,
                 net::shown(src)
             );
@@ -331,7 +344,12 @@ impl Relay {
             .table
             .register((msg.instance, msg.tunnel), src, msg.counter, now);
         if let Some(x) = displaced {
-            self.drop_tunnel(now, x, "its client's address now belongs to a tunnel", out);
+            self.drop_tunnel(
+                now,
+                x,
+                "another tunnel proved itself at its or its client's address",
+                out,
+            );
         }
         // Spares again: a later shortage is news worth a line.
         self.said.waiting.rearm();
@@ -387,7 +405,12 @@ impl Relay {
             None => self.drops.unrouted.add(held.len() as u64),
         }
         if let Some(x) = displaced {
-            self.drop_tunnel(now, x, "its client was a moved tunnel", out);
+            self.drop_tunnel(
+                now,
+                x,
+                "another tunnel proved itself at its or its client's address",
+                out,
+            );
         }
         true
     }
@@ -430,7 +453,7 @@ impl Relay {
 
     /// Expire what timed out. Call a few times a second; nothing depends on the exact period.
     pub fn on_tick(&mut self, now: Instant) {
-        self.table.expire_closed(now, protocol::COOKIE_LIFETIME);
+        self.table.expire_gone(now, protocol::COOKIE_LIFETIME);
         for tun in self.table.expire(now, 2 * self.settings.keepalive) {
             let who = tun
                 .client

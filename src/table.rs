@@ -67,11 +67,20 @@ pub struct Table {
     held: HashMap<SocketAddr, Held>,
     held_bytes: usize,
     active: usize,
-    /// Tunnels closed recently. A response captured from a tunnel before it closed carries a cookie that stays
-    /// valid for a few seconds; replayed from the tunnel's old address, it must not register a dead spare.
-    /// (Expired tunnels are not kept: their last response is older than a cookie lives, and after an outage
-    /// they must be able to register again at once.)
-    closed: HashMap<TunnelKey, Instant>,
+    /// Tunnels removed within the last cookie lifetime. A response captured from a tunnel before it went carries
+    /// a cookie that stays valid for a few seconds; replayed from the tunnel's old address, it must not register
+    /// a dead spare. Only tunnels that once authenticated enter, and each leaves after the cookie lifetime.
+    gone: HashMap<TunnelKey, Gone>,
+}
+
+/// How a tunnel left the table, for as long as a captured cookie of it could be replayed.
+#[derive(Clone, Copy, Debug)]
+struct Gone {
+    at: Instant,
+    /// `None`: closed by the inside or dropped by the relay, dead for certain: it never comes back.
+    /// `Some(c)`: expired (no keepalive for a while); after an outage it may register again, but only with a
+    /// counter above `c`, which a replay cannot have.
+    last_counter: Option<u64>,
 }
 
 impl Table {
@@ -91,6 +100,11 @@ impl Table {
             Some(Peer::Held) => Route::Hold,
             None => Route::New,
         }
+    }
+
+    /// Tunnel indexes are below this (for walking the table: `(0..slots()).filter_map(|t| get(t))`).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
     }
 
     /// The tunnel at index `t`, if it is live.
@@ -118,8 +132,10 @@ impl Table {
         self.waiting.len()
     }
 
-    /// Frees `addr` for a tunnel; if it was a client (a tunnel whose NAT mapping changed and whose data
-    /// arrived before its keepalive), returns the tunnel that client had been given.
+    /// Frees `addr` for a tunnel that just proved itself there, and returns the tunnel it displaces, which the
+    /// caller must drop: the tunnel a client at `addr` had been given (a tunnel whose NAT mapping changed and
+    /// whose data arrived before its keepalive), or another tunnel that was at `addr` (a NAT handed a dead
+    /// mapping's port to a new socket). Either is left without its address or client, so it is routed nowhere.
     fn claim(&mut self, addr: SocketAddr) -> Option<usize> {
         match self.peers.remove(&addr) {
             Some(Peer::Client(x)) => {
@@ -128,11 +144,12 @@ impl Table {
                 self.active -= 1;
                 Some(x)
             }
+            Some(Peer::Tunnel(x)) => Some(x),
             Some(Peer::Held) => {
                 self.take_held(&addr);
                 None
             }
-            Some(Peer::Tunnel(_)) | None => None,
+            None => None,
         }
     }
 
@@ -191,22 +208,39 @@ impl Table {
         (displaced, held)
     }
 
-    /// Whether a tunnel was closed recently (then it must not come back).
-    pub fn was_closed(&self, key: &TunnelKey) -> bool {
-        self.closed.contains_key(key)
+    /// Whether a response with `counter` may register tunnel `key`: not if it was closed or dropped recently, nor
+    /// if it expired recently and the counter is not fresher than its last one (a replay).
+    pub fn may_register(&self, key: &TunnelKey, counter: u64) -> bool {
+        match self.gone.get(key) {
+            None => true,
+            Some(Gone {
+                last_counter: Some(c),
+                ..
+            }) => counter > *c,
+            Some(_) => false,
+        }
     }
 
-    /// Forget closures older than `max_age` (the longest a captured cookie stays valid).
-    pub fn expire_closed(&mut self, now: Instant, max_age: Duration) {
-        self.closed
-            .retain(|_, at| now.duration_since(*at) <= max_age);
+    /// Forget removals older than `max_age` (the longest a captured cookie stays valid).
+    pub fn expire_gone(&mut self, now: Instant, max_age: Duration) {
+        self.gone
+            .retain(|_, g| now.saturating_duration_since(g.at) <= max_age);
+    }
+
+    /// How many removed tunnels are remembered.
+    pub fn gone(&self) -> usize {
+        self.gone.len()
     }
 
     /// Remove a tunnel that is dead for certain (closed by the inside agent, or dropped by the relay), and
     /// remember it so that a replay cannot bring it back.
     pub fn close(&mut self, t: usize, now: Instant) -> Option<Tunnel> {
         let tun = self.remove(t)?;
-        self.closed.insert(tun.key, now);
+        let gone = Gone {
+            at: now,
+            last_counter: None,
+        };
+        self.gone.insert(tun.key, gone);
         Some(tun)
     }
 
@@ -249,12 +283,20 @@ impl Table {
         ts.into_iter().filter_map(|t| self.remove(t)).collect()
     }
 
-    /// Tunnels with no keepalive within `max_age`.
+    /// Tunnels with no keepalive within `max_age`, remembered with their last counter.
     pub fn expire(&mut self, now: Instant, max_age: Duration) -> Vec<Tunnel> {
         let old: Vec<usize> = (0..self.slots.len())
-            .filter(|&t| matches!(&self.slots[t], Some(tun) if now.duration_since(tun.last_keepalive) > max_age))
+            .filter(|&t| matches!(&self.slots[t], Some(tun) if now.saturating_duration_since(tun.last_keepalive) > max_age))
             .collect();
-        old.into_iter().filter_map(|t| self.remove(t)).collect()
+        let gone: Vec<Tunnel> = old.into_iter().filter_map(|t| self.remove(t)).collect();
+        for tun in &gone {
+            let g = Gone {
+                at: now,
+                last_counter: Some(tun.counter),
+            };
+            self.gone.insert(tun.key, g);
+        }
+        gone
     }
 
     /// Hold a datagram for `addr`: an address already held (a waiting client, or one being challenged as a
@@ -329,6 +371,102 @@ impl Table {
             .filter_map(|a| self.take_held(a))
             .map(|h| h.datagrams.len())
             .sum()
+    }
+}
+
+impl Table {
+    /// Checks that the table agrees with itself and stays within its bounds; the first problem, if any. Cheap
+    /// enough (linear in the table) to run after every event of a randomized test.
+    pub fn check(&self) -> Result<(), String> {
+        let live: Vec<usize> = (0..self.slots.len())
+            .filter(|&t| self.slots[t].is_some())
+            .collect();
+        if live.len() + self.free.len() != self.slots.len() {
+            return Err(format!(
+                "{} live + {} free != {} slots",
+                live.len(),
+                self.free.len(),
+                self.slots.len()
+            ));
+        }
+        if self.by_key.len() != live.len() {
+            return Err(format!(
+                "{} keys for {} live tunnels",
+                self.by_key.len(),
+                live.len()
+            ));
+        }
+        let mut active = 0;
+        for &t in &live {
+            let tun = self.get(t).ok_or("live slot vanished")?;
+            if self.by_key.get(&tun.key) != Some(&t) {
+                return Err(format!("tunnel {t} not found by its key"));
+            }
+            if self.peers.get(&tun.addr) != Some(&Peer::Tunnel(t)) {
+                return Err(format!(
+                    "tunnel {t}'s address {} does not lead to it",
+                    tun.addr
+                ));
+            }
+            let spare = self.spares.contains(&t);
+            match tun.client {
+                Some(c) => {
+                    active += 1;
+                    if self.peers.get(&c) != Some(&Peer::Client(t)) {
+                        return Err(format!("tunnel {t}'s client {c} does not lead to it"));
+                    }
+                    if spare {
+                        return Err(format!("tunnel {t} has a client and is a spare"));
+                    }
+                    if c == tun.addr {
+                        return Err(format!("tunnel {t} is its own client"));
+                    }
+                }
+                None if !spare => return Err(format!("tunnel {t} has no client and is no spare")),
+                None => {}
+            }
+        }
+        if active != self.active {
+            return Err(format!(
+                "{active} tunnels with clients, counted {}",
+                self.active
+            ));
+        }
+        for (addr, peer) in &self.peers {
+            let ok = match peer {
+                Peer::Tunnel(t) => self.get(*t).is_some_and(|tun| tun.addr == *addr),
+                Peer::Client(t) => self.get(*t).is_some_and(|tun| tun.client == Some(*addr)),
+                Peer::Held => self.held.contains_key(addr),
+            };
+            if !ok {
+                return Err(format!("{addr} is a stale {peer:?}"));
+            }
+        }
+        let bytes: usize = self
+            .held
+            .values()
+            .flat_map(|h| &h.datagrams)
+            .map(Vec::len)
+            .sum();
+        if bytes != self.held_bytes || bytes > HOLD_TOTAL_BYTES {
+            return Err(format!("held {bytes} bytes, counted {}", self.held_bytes));
+        }
+        if self
+            .held
+            .values()
+            .any(|h| h.datagrams.len() > HOLD_PER_ADDR)
+        {
+            return Err("more datagrams held for one address than allowed".into());
+        }
+        let waiting = self.held.values().filter(|h| !h.roam).count();
+        let roaming = self.held.len() - waiting;
+        if waiting != self.waiting.len() || roaming > HOLD_ADDRS {
+            return Err(format!(
+                "{waiting} waiting held, {} queued, {roaming} roaming",
+                self.waiting.len()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -444,26 +582,32 @@ mod tests {
     }
 
     #[test]
-    fn closed_tunnels_are_remembered_until_their_cookies_expire_expired_ones_not() {
+    fn closed_tunnels_never_come_back_expired_ones_only_with_a_fresher_counter() {
         let mut tb = Table::default();
         let now = Instant::now();
-        let (t, _) = tb.register(key(1), addr(1000), 1, now);
-        let (u, _) = tb.register(key(2), addr(1001), 1, now);
-        assert!(!tb.was_closed(&key(1)));
+        let (t, _) = tb.register(key(1), addr(1000), 5, now);
+        tb.register(key(2), addr(1001), 7, now);
+        assert!(tb.may_register(&key(1), 1));
         tb.close(t, now);
-        tb.remove(u);
-        assert!(tb.was_closed(&key(1)));
+        assert_eq!(
+            tb.expire(now + Duration::from_secs(3), Duration::from_secs(2))
+                .len(),
+            1
+        );
+        assert!(!tb.may_register(&key(1), 100), "closed: never again");
         assert!(
-            !tb.was_closed(&key(2)),
-            "an expired or replaced tunnel may register again"
+            !tb.may_register(&key(2), 7),
+            "expired: a replay of its last response"
         );
-        tb.expire_closed(Instant::now(), Duration::from_secs(10));
-        assert!(tb.was_closed(&key(1)));
-        tb.expire_closed(
-            Instant::now() + Duration::from_secs(11),
-            Duration::from_secs(10),
+        assert!(
+            tb.may_register(&key(2), 8),
+            "expired: a fresh response after an outage"
         );
-        assert!(!tb.was_closed(&key(1)));
+        tb.expire_gone(now + Duration::from_secs(10), Duration::from_secs(10));
+        assert_eq!(tb.gone(), 2);
+        tb.expire_gone(now + Duration::from_secs(14), Duration::from_secs(10));
+        assert_eq!(tb.gone(), 0);
+        assert!(tb.may_register(&key(1), 1));
     }
 
     #[test]
