@@ -222,7 +222,8 @@ EOF
 # validate_data PACKAGE TYPE SECTION OPTION:DATATYPE[:DEFAULT]...: what OpenWrt's prints (ubox
 # validate/cli.c) for the datatypes the init script uses: assignments on stdout, a diagnostic per option
 # on stderr, status 255 if an option does not validate; with an empty SECTION, jshn calls describing the
-# options. Options come from $UCI_DB. (range() here takes decimal digits only.)
+# options. Options come from $UCI_DB. (range() here takes decimal digits only; otherwise checked equal to
+# the real one, built from openwrt/ubox, libubox and uci, on valid, invalid, missing and unset options.)
 mkdir -p "$tmp/bin"
 cat >"$tmp/bin/validate_data" <<'EOF'
 #!/usr/bin/env bash
@@ -285,7 +286,7 @@ for tuple in "$@"; do
 		else
 			printf '%s=%s; ' "$option" "$(quote "$default")"
 		fi
-		echo "$package.$section.$option is unset and defaults to $datatype $default" >&2
+		echo "$package.$section.$option is unset and defaults to $datatype ${default:-(null)}" >&2
 	fi
 done
 exit "$status"
