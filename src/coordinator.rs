@@ -80,6 +80,9 @@ pub struct Handle {
     pub active: bool,
     /// The relay has acknowledged it.
     pub registered: bool,
+    /// When a message last left on this tunnel: the NAT mapping is fresh from then, so the interval counts
+    /// from it (not from when the relay's answer arrived, which may be late).
+    last_sent: Instant,
     next_keepalive: Instant,
     attempts: u32,
 }
@@ -238,6 +241,7 @@ impl Coordinator {
         match msg.kind {
             Kind::Challenge => {
                 let response = self.identity.seal(Kind::Response, id, h.active, msg.cookie);
+                h.last_sent = now;
                 out.push(Action::Send {
                     id,
                     to: relay,
@@ -263,7 +267,7 @@ impl Coordinator {
                 if !h.registered {
                     h.registered = true;
                     h.attempts = 0;
-                    h.next_keepalive = now + self.settings.keepalive;
+                    h.next_keepalive = h.last_sent + self.settings.keepalive;
                     if !h.active {
                         info!("spare tunnel {id} registered at the relay");
                     }
@@ -304,6 +308,7 @@ impl Coordinator {
                 to: relay,
                 msg: self.identity.seal(Kind::Keepalive, id, h.active, [0; 16]),
             });
+            h.last_sent = now;
             h.next_keepalive = if h.registered {
                 now + self.settings.keepalive
             } else {
@@ -384,6 +389,7 @@ impl Coordinator {
                 v6,
                 active: false,
                 registered: false,
+                last_sent: now,
                 next_keepalive: now + net::backoff(0, self.settings.keepalive),
                 attempts: 1,
             },
