@@ -4,6 +4,7 @@
 use crate::cli::{Config, HostPort};
 use crate::net;
 use crate::protocol::{Instance, Key, Kind, Message, LEN};
+use crate::signal::Signal;
 use crate::stats::Drops;
 use crate::tunnel::Tunnel;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
@@ -47,13 +48,18 @@ impl Identity {
 
 /// What tunnel threads, resolvers and the signal thread tell the coordinator.
 pub enum Event {
-    Resolved { relay: bool, addr: SocketAddr },
+    Resolved {
+        relay: bool,
+        addr: SocketAddr,
+    },
     Control(u32, Message),
     AuthFail,
     Activated(u32),
     Idle(u32),
     Failed(u32, String),
     Shutdown(&'static str),
+    /// SIGUSR1: log the status line.
+    Status,
 }
 
 /// What the coordinator tells a tunnel thread: only ever "stop" or "the relay's address is now X", where the
@@ -172,7 +178,7 @@ impl Agent {
             self.watch_relay(now);
             if let (Some(at), Some(every)) = (next_status, self.cfg.status_interval) {
                 if now >= at {
-                    info!("{}", self.status());
+                    crate::logging::status(&self.status());
                     next_status = Some(now + every);
                 }
             }
@@ -269,6 +275,7 @@ impl Agent {
                 error!("tunnel {id} failed: {e}");
                 self.close(id, "failed", true);
             }
+            Event::Status => crate::logging::status(&self.status()),
             Event::Shutdown(_) => unreachable!("handled by run"),
         }
     }
@@ -533,7 +540,7 @@ impl Agent {
     }
 
     fn shutdown(mut self, sig: &str) {
-        info!("{}", self.status());
+        crate::logging::status(&self.status());
         info!("{sig}: closing {} tunnels and exiting", self.tunnels.len());
         let ids: Vec<u32> = self.tunnels.keys().copied().collect();
         for id in ids {
@@ -563,8 +570,14 @@ pub fn run(cfg: Config, service: HostPort, relay: HostPort) {
     net::raise_fd_limit();
     let agent = Agent::new(cfg, service, relay);
     let events = agent.events();
-    crate::signal::on_terminate(move |sig| {
-        let _ = events.send(Event::Shutdown(sig));
+    crate::signal::watch(move |signal| match signal {
+        Signal::Terminate(sig) => {
+            let _ = events.send(Event::Shutdown(sig));
+        }
+        Signal::Status => {
+            let _ = events.send(Event::Status);
+        }
+        Signal::Reload => warn!("{}", crate::signal::RELOAD_IGNORED),
     });
     agent.run();
 }

@@ -4,6 +4,7 @@
 use crate::cli::Config;
 use crate::net::{self, RecvBuf};
 use crate::protocol::{self, Cookies, Instance, Key, Kind, Message};
+use crate::signal::Signal;
 use crate::stats::Drops;
 use crate::table::{Route, Table};
 use log::{debug, info, warn};
@@ -60,8 +61,8 @@ impl Relay {
         }
     }
 
-    /// Serve until `stop` is set (by a signal).
-    pub fn serve(&mut self, stop: &AtomicBool) -> std::io::Result<()> {
+    /// Serve until `stop` is set (by a signal); log the status line when `status` is set (SIGUSR1).
+    pub fn serve(&mut self, stop: &AtomicBool, status: &AtomicBool) -> std::io::Result<()> {
         let mut buf = RecvBuf::new()?;
         self.sock.set_read_timeout(Some(TICK))?;
         let mut next_tick = Instant::now() + TICK;
@@ -74,17 +75,20 @@ impl Relay {
             }
             let now = Instant::now();
             if now >= next_tick {
+                if status.swap(false, Relaxed) {
+                    crate::logging::status(&self.status());
+                }
                 self.housekeeping(now);
                 next_tick = now + TICK;
             }
             if let (Some(at), Some(every)) = (next_status, self.status_interval) {
                 if now >= at {
-                    info!("{}", self.status());
+                    crate::logging::status(&self.status());
                     next_status = Some(now + every);
                 }
             }
         }
-        info!("{}", self.status());
+        crate::logging::status(&self.status());
         Ok(())
     }
 
@@ -481,12 +485,17 @@ pub fn run(cfg: &Config, host: Option<&str>, port: u16) -> Result<(), String> {
         sock.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    crate::signal::on_terminate(move |sig| {
-        info!("{sig}: exiting");
-        flag.store(true, Relaxed);
+    let status = Arc::new(AtomicBool::new(false));
+    let (stop_flag, status_flag) = (stop.clone(), status.clone());
+    crate::signal::watch(move |signal| match signal {
+        Signal::Terminate(sig) => {
+            info!("{sig}: exiting");
+            stop_flag.store(true, Relaxed);
+        }
+        Signal::Status => status_flag.store(true, Relaxed),
+        Signal::Reload => warn!("{}", crate::signal::RELOAD_IGNORED),
     });
     Relay::new(cfg, sock)
-        .serve(&stop)
+        .serve(&stop, &status)
         .map_err(|e| format!("relay failed: {e}"))
 }

@@ -1,31 +1,81 @@
-//! SIGTERM and SIGINT, without an async-signal-safe handler: both are blocked in every thread and one thread
-//! waits for them with sigwait(3), so the reaction is ordinary code. A few lines of libc instead of the
-//! signal-hook crate: this is all the signal handling the tool needs.
+//! Signals, without an async-signal-safe handler: SIGTERM, SIGINT, SIGUSR1 and SIGHUP are blocked in every
+//! thread and one thread waits for them with sigwait(3), so the reaction is ordinary code. A few lines of libc
+//! instead of the signal-hook crate: this is all the signal handling the tool needs.
+//!
+//! - SIGTERM, SIGINT: [`Signal::Terminate`]; the agent exits cleanly.
+//! - SIGUSR1: [`Signal::Status`]; the agent logs its status line (and tunnel table), at every log level.
+//! - SIGHUP: [`Signal::Reload`]; logged ([`RELOAD_IGNORED`]) and otherwise ignored. Re-reading the key is not
+//!   worth it: the key lives in several threads; `reload` in procd and systemd restarts the service instead.
+//!
+//! Neither SIGUSR1 nor SIGHUP ends the process: once [`watch`] has run they are blocked in every thread, so
+//! their default action (terminate) never happens.
 
-/// Call before any other thread is started (threads inherit the signal mask). `on_signal` runs once, on the
-/// signal thread, with the signal's name.
-pub fn on_terminate(on_signal: impl FnOnce(&'static str) + Send + 'static) {
+/// What a signal asks of the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT (the name, for the log): exit cleanly.
+    Terminate(&'static str),
+    /// SIGUSR1: log the status line.
+    Status,
+    /// SIGHUP: log [`RELOAD_IGNORED`], nothing else.
+    Reload,
+}
+
+/// The line logged (at warning level) for SIGHUP.
+pub const RELOAD_IGNORED: &str =
+    "SIGHUP: ignored; restart the service to change the key or options";
+
+const WATCHED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGHUP];
+
+/// Call before any other thread is started (threads inherit the signal mask). `handler` runs on the signal
+/// thread, once per signal, until it has been called with [`Signal::Terminate`]; then the thread ends (a
+/// second SIGTERM stays blocked and pending, harmlessly).
+pub fn watch(mut handler: impl FnMut(Signal) + Send + 'static) {
     // SAFETY: sigset manipulation on a local, then pthread_sigmask on the calling thread.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
+        for sig in WATCHED {
+            libc::sigaddset(&mut set, sig);
+        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
     std::thread::Builder::new()
         .name("signals".into())
         .stack_size(64 * 1024)
-        .spawn(move || {
+        .spawn(move || loop {
             let mut sig = 0;
             // SAFETY: set is a valid, initialised sigset; sig is a valid out pointer.
-            while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
-            on_signal(if sig == libc::SIGINT {
-                "SIGINT"
-            } else {
-                "SIGTERM"
-            });
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                continue;
+            }
+            let signal = match sig {
+                libc::SIGINT => Signal::Terminate("SIGINT"),
+                libc::SIGTERM => Signal::Terminate("SIGTERM"),
+                libc::SIGUSR1 => Signal::Status,
+                libc::SIGHUP => Signal::Reload,
+                _ => continue,
+            };
+            handler(signal);
+            if let Signal::Terminate(_) = signal {
+                return;
+            }
         })
         .expect("cannot start the signal thread");
+}
+
+/// SIGTERM and SIGINT only, as before [`watch`] existed: SIGUSR1 and SIGHUP are still blocked, and only
+/// logged (SIGUSR1 without the status line, which this caller cannot give). Prefer [`watch`].
+pub fn on_terminate(on_signal: impl FnOnce(&'static str) + Send + 'static) {
+    let mut once = Some(on_signal);
+    watch(move |signal| match signal {
+        Signal::Terminate(name) => {
+            if let Some(f) = once.take() {
+                f(name)
+            }
+        }
+        Signal::Status => log::info!("SIGUSR1: no status line here"),
+        Signal::Reload => log::warn!("{RELOAD_IGNORED}"),
+    });
 }
