@@ -2,6 +2,8 @@ use rut::cli::{self, Command};
 use std::process::exit;
 
 fn main() {
+    // Before anything else, so that an early SIGUSR1 or SIGHUP waits for the signal thread instead of killing us.
+    rut::signal::block();
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let (cfg, warnings) = match cli::parse(&args, std::env::var_os(cli::KEY_ENV)) {
         Ok(Command::Run(cfg, warnings)) => (cfg, warnings),

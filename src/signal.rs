@@ -7,8 +7,8 @@
 //! - SIGHUP: [`Signal::Reload`]; logged ([`RELOAD_IGNORED`]) and otherwise ignored. Re-reading the key is not
 //!   worth it: the key lives in several threads; `reload` in procd and systemd restarts the service instead.
 //!
-//! Neither SIGUSR1 nor SIGHUP ends the process: once [`watch`] has run they are blocked in every thread, so
-//! their default action (terminate) never happens.
+//! Neither SIGUSR1 nor SIGHUP ends the process: main blocks them first thing ([`block`]), so their default
+//! action (terminate) never happens; one that comes before [`watch`] waits for it.
 
 /// What a signal asks of the agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,12 +27,11 @@ pub const RELOAD_IGNORED: &str =
 
 const WATCHED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGHUP];
 
-/// Call before any other thread is started (threads inherit the signal mask). `handler` runs on the signal
-/// thread, once per signal, until it has been called with [`Signal::Terminate`]; then the thread ends (a
-/// second SIGTERM stays blocked and pending, harmlessly).
-pub fn watch(mut handler: impl FnMut(Signal) + Send + 'static) {
+/// Block the watched signals in the calling thread, and so in every thread it starts later. main calls it
+/// first thing: a SIGUSR1 or SIGHUP that comes before [`watch`] then waits for it instead of killing us.
+pub fn block() -> libc::sigset_t {
     // SAFETY: sigset manipulation on a local, then pthread_sigmask on the calling thread.
-    let set = unsafe {
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for sig in WATCHED {
@@ -40,7 +39,14 @@ pub fn watch(mut handler: impl FnMut(Signal) + Send + 'static) {
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
-    };
+    }
+}
+
+/// Call before any other thread is started (threads inherit the signal mask), or after [`block`]. `handler`
+/// runs on the signal thread, once per signal, until it has been called with [`Signal::Terminate`]; then the
+/// thread ends (a second SIGTERM stays blocked and pending, harmlessly).
+pub fn watch(mut handler: impl FnMut(Signal) + Send + 'static) {
+    let set = block();
     std::thread::Builder::new()
         .name("signals".into())
         .stack_size(64 * 1024)
