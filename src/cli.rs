@@ -404,8 +404,7 @@ fn check_sides(m: &getopts::Matches, role: &Role) -> Result<(), String> {
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_LEN || !name.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!(
-            "--name {}: use 1 to {MAX_NAME_LEN} printable ASCII characters, no spaces",
-            name.escape_debug()
+            "--name {name:?}: use 1 to {MAX_NAME_LEN} printable ASCII characters, no spaces"
         ));
     }
     Ok(())

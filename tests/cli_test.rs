@@ -102,10 +102,10 @@ fn usage_errors_exit_2_with_one_line_naming_the_problem() {
             &["-l", "127.0.0.1:1234", "--status_interval", "5"],
             "did you mean --statusInterval?",
         ),
-        (&["-l", "127.0.0.1:1234", "--name", "a b"], "--name a b"),
+        (&["-l", "127.0.0.1:1234", "--name", "a b"], "--name \"a b\""),
         (
             &["-l", "127.0.0.1:1234", "--name", "x\u{1b}[2J"],
-            "--name x\\u{1b}[2J",
+            "--name \"x\\u{1b}[2J\"",
         ),
         (
             &["-l", "127.0.0.1:1234", "--name", &"n".repeat(33)],
