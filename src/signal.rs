@@ -5,7 +5,8 @@
 //! - SIGTERM, SIGINT: [`Signal::Terminate`]; the agent exits cleanly.
 //! - SIGUSR1: [`Signal::Status`]; the agent logs its status line (and tunnel table), at every log level.
 //! - SIGHUP: [`Signal::Reload`]; logged ([`RELOAD_IGNORED`]) and otherwise ignored. Re-reading the key is not
-//!   worth it: the key lives in several threads; `reload` in procd and systemd restarts the service instead.
+//!   worth it: the key lives in several threads. procd's `reload` restarts an instance whose settings or key
+//!   file changed; the systemd units offer no reload, `systemctl restart` it is.
 //!
 //! Neither SIGUSR1 nor SIGHUP ends the process: main blocks them first thing ([`block`]), so their default
 //! action (terminate) never happens; one that comes before [`watch`] waits for it.
