@@ -454,12 +454,31 @@ impl Coordinator {
 
     /// Close every tunnel, telling the relay.
     pub fn shutdown(&mut self, sig: &str, out: &mut Vec<Action>) {
-        info!("{}", self.status());
+        crate::logging::status(&self.status());
         info!("{sig}: closing {} tunnels and exiting", self.tunnels.len());
         let ids: Vec<u32> = self.tunnels.keys().copied().collect();
         for id in ids {
             self.close(id, sig, true, out);
         }
+    }
+
+    /// The tunnel table, a line per tunnel (for SIGUSR1).
+    pub fn table_lines(&self, now: Instant) -> Vec<String> {
+        self.tunnels
+            .iter()
+            .map(|(id, h)| {
+                let state = match (h.active, h.registered) {
+                    (true, _) => "active",
+                    (false, true) => "spare",
+                    (false, false) => "registering",
+                };
+                let next = h.next_keepalive.saturating_duration_since(now);
+                format!(
+                    "tunnel {id}: {state}, next keepalive in {}s",
+                    next.as_secs()
+                )
+            })
+            .collect()
     }
 
     /// `spare` counts only tunnels the relay has acknowledged; `pending` those still registering.

@@ -4,13 +4,15 @@
 
 use crate::cli::{Config, HostPort};
 use crate::coordinator::{Action, Coordinator, Input, Settings};
+use crate::logging;
 use crate::net;
 use crate::pace::Every;
 use crate::protocol::{self, Identity, Instance};
+use crate::signal::{self, Signal as Sig};
 use crate::stats::Drops;
 use crate::tunnel::{Control, Event, Tunnel};
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
-use log::{debug, error, info};
+use log::{debug, error, info, warn};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -22,6 +24,8 @@ const REWARN_UNRESOLVED: Duration = Duration::from_secs(300);
 /// What the signal thread tells the coordinator.
 pub enum Signal {
     Shutdown(&'static str),
+    /// SIGUSR1: log the status line and the tunnel table.
+    Status,
 }
 
 /// The socket layer's side of one tunnel.
@@ -194,13 +198,18 @@ fn coordinate(cfg: Config, service: HostPort, relay: HostPort, signals: Receiver
         core.on_tick(now, &mut actions);
         shell.perform(&mut core, now, &mut actions);
         if status.as_mut().is_some_and(|s| s.due(now)) {
-            info!("{}", core.status());
+            logging::status(&core.status());
         }
         let wait = core.next_wake(now).saturating_duration_since(now);
         let input = select! {
             recv(tunnel_rx) -> m => m.map(|(id, ev)| Input::Tunnel(id, ev)).ok(),
             recv(resolved_rx) -> m => m.ok(),
             recv(signals) -> m => match m {
+                Ok(Signal::Status) => {
+                    logging::status(&core.status());
+                    core.table_lines(Instant::now()).iter().for_each(|l| logging::status(l));
+                    None
+                }
                 Ok(Signal::Shutdown(sig)) => {
                     core.shutdown(sig, &mut actions);
                     shell.perform(&mut core, Instant::now(), &mut actions);
@@ -221,8 +230,12 @@ fn coordinate(cfg: Config, service: HostPort, relay: HostPort, signals: Receiver
 pub fn run(cfg: Config, service: HostPort, relay: HostPort) {
     net::raise_fd_limit();
     let (tx, rx) = unbounded();
-    crate::signal::on_terminate(move |sig| {
-        let _ = tx.send(Signal::Shutdown(sig));
+    signal::watch(move |sig| {
+        let _ = match sig {
+            Sig::Terminate(name) => tx.send(Signal::Shutdown(name)),
+            Sig::Status => tx.send(Signal::Status),
+            Sig::Reload => return warn!("{}", signal::RELOAD_IGNORED),
+        };
     });
     coordinate(cfg, service, relay, rx);
 }

@@ -1,6 +1,7 @@
 //! reverse-udp-tunnel: reach a UDP service behind carrier-grade NAT through a public relay.
 //!
 //! - [`cli`]: the command line.
+//! - [`logging`] and [`signal`]: log lines for stderr, journald or syslog; SIGTERM, SIGUSR1, SIGHUP.
 //! - [`protocol`]: the authenticated control messages, byte by byte.
 //! - [`outside`] and [`table`]: the relay, one socket and one thread owning the tunnel/client table.
 //! - [`inside`] and [`tunnel`]: the inside agent, a coordinator thread and one thread per tunnel.
@@ -8,6 +9,7 @@
 pub mod cli;
 pub mod coordinator;
 pub mod inside;
+pub mod logging;
 pub mod net;
 pub mod outside;
 pub mod pace;

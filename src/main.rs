@@ -1,13 +1,14 @@
 use rut::cli::{self, Command};
-use simplelog::{ConfigBuilder, LevelFilter, WriteLogger};
 use std::process::exit;
 
 fn main() {
+    // Before anything else, so that an early SIGUSR1 or SIGHUP waits for the signal thread instead of killing us.
+    rut::signal::block();
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    let cfg = match cli::parse(&args, std::env::var_os(cli::KEY_ENV)) {
-        Ok(Command::Run(cfg)) => cfg,
+    let (cfg, warnings) = match cli::parse(&args, std::env::var_os(cli::KEY_ENV)) {
+        Ok(Command::Run(cfg, warnings)) => (cfg, warnings),
         Ok(Command::Help) => {
-            print!("{}", cli::USAGE);
+            print!("{}", cli::usage());
             return;
         }
         Ok(Command::Version) => {
@@ -19,19 +20,10 @@ fn main() {
             exit(2);
         }
     };
-    let level = [
-        LevelFilter::Error,
-        LevelFilter::Warn,
-        LevelFilter::Info,
-        LevelFilter::Debug,
-    ][cfg.log_level as usize];
-    let log_cfg = ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .set_thread_level(LevelFilter::Off)
-        .set_target_level(LevelFilter::Off)
-        .set_location_level(LevelFilter::Off)
-        .build();
-    let _ = WriteLogger::init(level, log_cfg, std::io::stderr());
+    rut::logging::init(cfg.log_level, cfg.name.as_deref(), cfg.syslog);
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
     if let Err(e) = rut::run(cfg) {
         log::error!("{e}");
         exit(1);

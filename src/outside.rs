@@ -3,11 +3,13 @@
 //! data path takes no lock: receive, one hash lookup on the source address, send.
 
 use crate::cli::Config;
+use crate::logging;
 use crate::net::{self, RecvBuf};
 use crate::pace::Every;
 use crate::protocol::random_bytes;
 use crate::relay::{Relay, Settings, Transmit};
-use log::{debug, info};
+use crate::signal::{self, Signal};
+use log::{debug, info, warn};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -16,12 +18,20 @@ use std::time::{Duration, Instant};
 /// Housekeeping period, and how long a signal may wait to be noticed.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Serve on `sock` until `stop` is set (by a signal).
+/// Signals, as flags the loop looks at every tick.
+#[derive(Default)]
+pub struct Flags {
+    pub stop: AtomicBool,
+    /// SIGUSR1: log the status line and the tunnel table.
+    pub status: AtomicBool,
+}
+
+/// Serve on `sock` until `flags.stop` is set (by a signal).
 pub fn serve(
     relay: &mut Relay,
     sock: &UdpSocket,
     status_every: Option<Duration>,
-    stop: &AtomicBool,
+    flags: &Flags,
 ) -> std::io::Result<()> {
     let mut buf = RecvBuf::new()?;
     let mut out: Vec<Transmit> = Vec::new();
@@ -33,7 +43,7 @@ pub fn serve(
     if let Some(s) = status.as_mut() {
         s.start(start);
     }
-    while !stop.load(Relaxed) {
+    while !flags.stop.load(Relaxed) {
         match sock.recv_from(&mut buf) {
             Ok((n, src)) => {
                 let now = Instant::now();
@@ -50,12 +60,19 @@ pub fn serve(
         let now = Instant::now();
         if tick.due(now) {
             relay.on_tick(now);
+            if flags.status.swap(false, Relaxed) {
+                logging::status(&relay.status());
+                relay
+                    .table_lines(now)
+                    .iter()
+                    .for_each(|l| logging::status(l));
+            }
         }
         if status.as_mut().is_some_and(|s| s.due(now)) {
-            info!("{}", relay.status());
+            logging::status(&relay.status());
         }
     }
-    info!("{}", relay.status());
+    logging::status(&relay.status());
     Ok(())
 }
 
@@ -113,16 +130,20 @@ pub fn run(cfg: &Config, host: Option<&str>, port: u16) -> Result<(), String> {
         "relay listening on {}",
         sock.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    crate::signal::on_terminate(move |sig| {
-        info!("{sig}: exiting");
-        flag.store(true, Relaxed);
+    let flags = Arc::new(Flags::default());
+    let f = flags.clone();
+    signal::watch(move |sig| match sig {
+        Signal::Terminate(name) => {
+            info!("{name}: exiting");
+            f.stop.store(true, Relaxed);
+        }
+        Signal::Status => f.status.store(true, Relaxed),
+        Signal::Reload => warn!("{}", signal::RELOAD_IGNORED),
     });
     let settings = Settings {
         max_tunnels: cfg.max_tunnels,
         keepalive: cfg.keepalive,
     };
     let mut relay = Relay::new(&cfg.key, settings, random_bytes(), Instant::now());
-    serve(&mut relay, &sock, cfg.status_interval, &stop).map_err(|e| format!("relay failed: {e}"))
+    serve(&mut relay, &sock, cfg.status_interval, &flags).map_err(|e| format!("relay failed: {e}"))
 }

@@ -482,6 +482,26 @@ impl Relay {
         }
     }
 
+    /// The tunnel table, a line per tunnel (for SIGUSR1).
+    pub fn table_lines(&self, now: Instant) -> Vec<String> {
+        let t = &self.table;
+        (0..t.slots())
+            .filter_map(|i| t.get(i))
+            .map(|tun| {
+                let client = tun
+                    .client
+                    .map_or("spare".to_string(), |c| format!("client {}", net::shown(c)));
+                format!(
+                    "tunnel {} of run {} at {}: {client}, last keepalive {}s ago",
+                    tun.key.1,
+                    tun.key.0,
+                    net::shown(tun.addr),
+                    now.saturating_duration_since(tun.last_keepalive).as_secs()
+                )
+            })
+            .collect()
+    }
+
     pub fn status(&self) -> String {
         format!(
             "status: tunnels active={} spare={} waiting={} {}",

@@ -72,6 +72,45 @@ fn usage_errors_exit_2_with_one_line_naming_the_problem() {
             &["-l", "127.0.0.1:1234", "-k", "a", "--keyFile", "/dev/null"],
             "not both",
         ),
+        // Options of the other side, in either spelling.
+        (
+            &["-l", "127.0.0.1:1234", "--connectionTimeout", "5"],
+            "--connectionTimeout is an inside agent option",
+        ),
+        (
+            &["-l", "127.0.0.1:1234", "--spares=5"],
+            "--spares is an inside agent option",
+        ),
+        (
+            &["-l", "127.0.0.1:1234", "--connection-timeout", "5"],
+            "--connectionTimeout is an inside agent option",
+        ),
+        // kebab-case aliases reach the same checks; other spellings get a hint.
+        (
+            &["-l", "127.0.0.1:1234", "--log-level", "9"],
+            "--logLevel 9: must be from 0 to 3",
+        ),
+        (
+            &["-l", "127.0.0.1:1234", "--keepalive-interval=0"],
+            "--keepaliveInterval 0",
+        ),
+        (
+            &["-l", "127.0.0.1:1234", "--keyfile", "/dev/null"],
+            "did you mean --keyFile?",
+        ),
+        (
+            &["-l", "127.0.0.1:1234", "--status_interval", "5"],
+            "did you mean --statusInterval?",
+        ),
+        (&["-l", "127.0.0.1:1234", "--name", "a b"], "--name \"a b\""),
+        (
+            &["-l", "127.0.0.1:1234", "--name", "x\u{1b}[2J"],
+            "--name \"x\\u{1b}[2J\"",
+        ),
+        (
+            &["-l", "127.0.0.1:1234", "--name", &"n".repeat(33)],
+            "1 to 32 printable",
+        ),
     ];
     for (args, problem) in cases {
         let out = run(args);
@@ -110,6 +149,9 @@ fn help_lists_every_option() {
             "--connectionTimeout SECONDS",
             "--statusInterval SECONDS",
             "--logLevel LEVEL",
+            "--name NAME",
+            "--syslog",
+            "kebab-case",
             "--help",
             "--version",
             "REVERSE_UDP_TUNNEL_KEY",

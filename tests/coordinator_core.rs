@@ -77,7 +77,7 @@ impl Inside {
         a
     }
 
-    fn from_relay(&mut self, id: u32, kind: Kind, counter: u64) -> Vec<Action> {
+    fn relay_says(&mut self, id: u32, kind: Kind, counter: u64) -> Vec<Action> {
         let msg = Message::new(kind, Instance([7; 16]), id, counter);
         self.input(Input::Tunnel(id, Event::Control(msg)))
     }
@@ -151,7 +151,7 @@ fn a_challenge_is_answered_with_its_cookie_and_an_ack_registers_the_spare() {
         (response.kind, response.cookie, *to),
         (Kind::Response, [9; 16], RELAY.parse().unwrap())
     );
-    i.from_relay(1, Kind::Ack, 2);
+    i.relay_says(1, Kind::Ack, 2);
     assert!(
         i.core.status().contains("active=0 spare=1 pending=0"),
         "{}",
@@ -211,7 +211,7 @@ fn idle_and_failed_tunnels_are_closed_with_two_closes_and_a_stop() {
     ));
     assert!(a.contains(&Action::Stop { id: 2 }));
     // A drop from the relay closes without telling it.
-    let a = i.from_relay(3, Kind::Drop, 1);
+    let a = i.relay_says(3, Kind::Drop, 1);
     assert_eq!(i.sent(&a), vec![]);
 }
 
@@ -220,16 +220,16 @@ fn a_registered_tunnel_challenged_again_re_registers_every_tunnel_once_a_second_
     let mut i = Inside::new(settings(10, 3, 25));
     i.resolved();
     for id in 1..=3 {
-        i.from_relay(id, Kind::Ack, 1);
+        i.relay_says(id, Kind::Ack, 1);
     }
     assert!(i.tick().is_empty());
-    i.from_relay(1, Kind::Challenge, 5);
+    i.relay_says(1, Kind::Challenge, 5);
     let a = i.tick();
     assert_eq!(i.sent(&a).len(), 3, "every tunnel sends a keepalive now");
     for id in 1..=3 {
-        i.from_relay(id, Kind::Ack, 6);
+        i.relay_says(id, Kind::Ack, 6);
     }
-    i.from_relay(2, Kind::Challenge, 7);
+    i.relay_says(2, Kind::Challenge, 7);
     assert!(i.tick().is_empty(), "not again within a second");
 }
 
@@ -413,7 +413,7 @@ impl World {
                             continue; // lost on the way
                         }
                         let (_, out) = self.relay.send(from, &msg);
-                        self.from_relay(out);
+                        self.deliver_to_tunnels(out);
                     }
                     Action::SetRelay { .. } => {}
                     Action::Stop { id } => {
@@ -431,7 +431,7 @@ impl World {
     }
 
     /// The relay's datagrams reach the tunnel whose public address they were sent to.
-    fn from_relay(&mut self, out: Vec<rut::relay::Transmit>) {
+    fn deliver_to_tunnels(&mut self, out: Vec<rut::relay::Transmit>) {
         for t in out {
             let Some((&id, _)) = self.nat.iter().find(|(_, a)| **a == t.to) else {
                 continue;
@@ -475,12 +475,12 @@ impl World {
                 let c = addr(self.rng.below(40));
                 let (fwd, out) = self.relay.send(c, b"client data");
                 if let Some(dst) = fwd {
-                    self.from_relay(vec![rut::relay::Transmit {
+                    self.deliver_to_tunnels(vec![rut::relay::Transmit {
                         to: dst,
                         data: b"x".to_vec(),
                     }]);
                 }
-                self.from_relay(out);
+                self.deliver_to_tunnels(out);
                 Ok(())
             }
             // An active tunnel goes idle, or a tunnel thread fails.

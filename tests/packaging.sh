@@ -469,21 +469,13 @@ grep -v ' validates as \| is unset and defaults to ' "$tmp/stderr" |
 	die "bad values: stderr differs from the system log: $(cat "$tmp/diff")"
 ok "UCI values that do not validate: section not started, the option and value logged as daemon.err"
 
-# Every flag the init script emitted is one the program knows. --syslog and --name come with the
-# logging work (issue 10, part 3); until the binary has them, they are reported, not failed.
+# Every flag the init script emitted is one the program knows.
 mapfile -t flags < <(cat "$tmp/all-enabled.out" "$tmp/bad.out" | grep ' command ' |
 	grep -oE -- ' --?[A-Za-z]+' | tr -d ' ' | sort -u)
-pending=()
 for opt in "${flags[@]}"; do
-	if ! grep -qxF -- "$opt" "$tmp/help-options"; then
-		case "$opt" in
-		--syslog | --name) pending+=("$opt") ;;
-		*) die "$initscript emits $opt, which --help does not show" ;;
-		esac
-	fi
+	grep -qxF -- "$opt" "$tmp/help-options" || die "$initscript emits $opt, which --help does not show"
 done
-ok "every flag the init script emitted (${#flags[@]}) appears in --help${pending[*]:+,\
- except ${pending[*]} (not in this binary yet)}"
+ok "every flag the init script emitted (${#flags[@]}) appears in --help"
 
 # ---------------------------------------------------------------- OpenWrt package Makefile
 pkg_mk=openwrt/Makefile
