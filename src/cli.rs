@@ -288,6 +288,25 @@ fn normalise(args: &[OsString]) -> Result<Vec<OsString>, String> {
 /// Parse the arguments (without the program name). `env_key` is REVERSE_UDP_TUNNEL_KEY, if set.
 /// The error is one line naming the problem.
 pub fn parse(args: &[OsString], env_key: Option<OsString>) -> Result<Command, String> {
+    parse_args(args, env_key).map_err(|e| one_line(&e))
+}
+
+/// The error quotes what it was given; control characters in it (a newline from a quoting mistake in an init
+/// script) are shown escaped, so the message stays one line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+fn parse_args(args: &[OsString], env_key: Option<OsString>) -> Result<Command, String> {
     if args.is_empty() {
         return Err("no arguments: give -s and -o (inside agent) or -l (outside relay)".into());
     }
