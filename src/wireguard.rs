@@ -155,6 +155,29 @@ impl PublicKey {
     }
 }
 
+/// The base64 form, as `wg pubkey` prints it.
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for group in self.0.chunks(3) {
+            let n = group
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+            for i in 0..4 {
+                let c = if i <= group.len() {
+                    ALPHABET[(n >> (18 - 6 * i) & 63) as usize]
+                } else {
+                    b'='
+                };
+                write!(f, "{}", c as char)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl FromStr for PublicKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<PublicKey, KeyError> {
@@ -262,6 +285,8 @@ pub enum Reason {
     /// Shaped like one, but mac1 does not verify: the sender does not know the server's public key.
     BadMac1,
     /// These exact bytes were seen recently: a replay (a real client builds a new initiation for every retry).
+    /// A copy that overtakes the original takes its place, as at a WireGuard server (whose timestamp check then
+    /// rejects the original); the client retries with a new initiation 5 seconds later.
     Replayed,
 }
 
@@ -953,6 +978,8 @@ mod tests {
         for (s, e) in bad {
             assert_eq!(PublicKey::from_base64(s), Err(e), "{s:?}");
         }
+        assert_eq!(k.to_string(), PUBLIC_KEY);
+        assert_eq!(PublicKey([0xff; 32]).to_string(), all_ones);
         assert_eq!(KeyError::NotBase64.to_string(), "not base64");
         assert_eq!(
             KeyError::Not32Bytes(3).to_string(),

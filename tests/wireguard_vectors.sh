@@ -57,7 +57,7 @@ out=$(mktemp)
 in_ns env WG_CAPTURE_PK="$server_pk" WG_CAPTURE_PORT="$PORT" \
 	"$bin" --ignored --exact capture --nocapture >"$out" 2>&1 &
 capture=$!
-pids+=($capture)
+pids+=("$capture")
 # Start the handshake once the relay side listens (an initiation sent earlier is only retried 5 s later).
 for _ in $(seq 100); do in_ns ss -Hlun "sport = :$PORT" | grep -q . && break; sleep 0.1; done
 in_ns wg set "$IFACE" peer "$server_pk" persistent-keepalive 1
