@@ -19,6 +19,7 @@ pub mod signal;
 pub mod stats;
 pub mod table;
 pub mod tunnel;
+pub mod wireguard;
 
 use cli::{Config, Role};
 
