@@ -51,10 +51,22 @@ pub struct Config {
     pub name: Option<String>,
     /// `--syslog`: log to the system log instead of standard error.
     pub syslog: bool,
+    /// `--wireguard`: the WireGuard server's public key; the relay then admits only valid handshakes.
+    pub wireguard: Option<crate::wireguard::PublicKey>,
 }
 
 // Made once per process: boxing the big variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
+impl Config {
+    /// The settings both sides must share, as said in every control message.
+    pub fn shared(&self) -> crate::protocol::Shared {
+        crate::protocol::Shared {
+            keepalive: self.keepalive.as_secs().try_into().unwrap_or(u32::MAX),
+            max_tunnels: self.max_tunnels.try_into().unwrap_or(u32::MAX),
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     /// The configuration, and warnings to log once the logger is set up (a short key, an open key file).
@@ -114,6 +126,7 @@ const OPTIONS: &[Opt] = &[
     opt("", "statusInterval", Some("SECONDS"), Both, "log a status line this often, and at exit (default 0: only at exit)"),
     opt("", "logLevel", Some("LEVEL"), Both, "0 errors, 1 warnings, 2 info (default), 3 debug"),
     opt("", "name", Some("NAME"), Both, "instance name, put in front of every log line (up to 32 characters)"),
+    opt("", "wireguard", Some("PUBLIC_KEY"), Outside, "admit only WireGuard handshakes for this server public key\n(base64, as in the clients' [Peer] PublicKey)"),
     opt("", "syslog", None, Both, "log to the system log (/dev/log) instead of standard error"),
     opt("h", "help", None, Both, "show this help"),
     opt("V", "version", None, Both, "show the version"),
@@ -389,6 +402,10 @@ fn parse_args(args: &[OsString], env_key: Option<OsString>) -> Result<Command, S
         log_level: number(&m, "logLevel", 2, 0, 3)? as u8,
         name,
         syslog: m.opt_present("syslog"),
+        wireguard: match m.opt_str("wireguard") {
+            Some(k) => Some(k.parse().map_err(|e| format!("--wireguard {k}: {e}"))?),
+            None => None,
+        },
     };
     Ok(Command::Run(cfg, warnings))
 }

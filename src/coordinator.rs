@@ -306,7 +306,7 @@ impl Coordinator {
             out.push(Action::Send {
                 id,
                 to: relay,
-                msg: self.identity.seal(Kind::Keepalive, id, h.active, [0; 16]),
+                msg: self.identity.seal(Kind::Keepalive, id, h.active, [0; 8]),
             });
             h.last_sent = now;
             h.next_keepalive = if h.registered {
@@ -381,7 +381,7 @@ impl Coordinator {
         out.push(Action::Send {
             id,
             to: relay,
-            msg: self.identity.seal(Kind::Keepalive, id, false, [0; 16]),
+            msg: self.identity.seal(Kind::Keepalive, id, false, [0; 8]),
         });
         self.tunnels.insert(
             id,
@@ -408,7 +408,7 @@ impl Coordinator {
                 out.push(Action::Send {
                     id,
                     to: relay,
-                    msg: self.identity.seal(Kind::Close, id, h.active, [0; 16]),
+                    msg: self.identity.seal(Kind::Close, id, h.active, [0; 8]),
                 });
             }
         }

@@ -160,7 +160,7 @@ impl Shell {
 
 /// Run the coordinator until a signal arrives on `signals`.
 fn coordinate(cfg: Config, service: HostPort, relay: HostPort, signals: Receiver<Signal>) {
-    let identity = Arc::new(Identity::new(&cfg.key, Instance::random()));
+    let identity = Arc::new(Identity::new(&cfg.key, Instance::random(), cfg.shared()));
     let drops = Arc::new(Drops::default());
     let (tunnel_tx, tunnel_rx) = unbounded();
     let (resolved_tx, resolved_rx) = unbounded();

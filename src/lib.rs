@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod relay;
 pub mod signal;
 pub mod stats;
+pub mod strangers;
 pub mod table;
 pub mod tunnel;
 pub mod wireguard;

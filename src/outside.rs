@@ -8,6 +8,7 @@ use crate::net::{self, RecvBuf};
 use crate::pace::Every;
 use crate::protocol::random_bytes;
 use crate::relay::{Relay, Settings, Transmit};
+use crate::wireguard::Admission;
 use crate::signal::{self, Signal};
 use log::{debug, info, warn};
 use std::net::{SocketAddr, UdpSocket};
@@ -144,6 +145,11 @@ pub fn run(cfg: &Config, host: Option<&str>, port: u16) -> Result<(), String> {
         max_tunnels: cfg.max_tunnels,
         keepalive: cfg.keepalive,
     };
-    let mut relay = Relay::new(&cfg.key, settings, random_bytes(), Instant::now());
+    let now = Instant::now();
+    let mut relay = Relay::new(&cfg.key, settings, random_bytes(), now);
+    if let Some(pk) = &cfg.wireguard {
+        info!("admitting only WireGuard handshakes for server key {pk}");
+        relay = relay.with_wireguard(Admission::new(pk, random_bytes(), now));
+    }
     serve(&mut relay, &sock, cfg.status_interval, &flags).map_err(|e| format!("relay failed: {e}"))
 }

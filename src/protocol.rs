@@ -3,12 +3,13 @@
 //! Data datagrams travel with no header at all. Control messages share the tunnel sockets with data, so they
 //! are recognised by shape *and* authenticity: a datagram is a control message only if it is exactly
 //! [`LEN`] bytes, starts with the magic and version, and its HMAC verifies. Every control message has the same
-//! size, so the relay never answers with more bytes than it received.
+//! size, so the relay never answers with more bytes than it received. A message with the magic and another
+//! version is recognised as such (never forwarded as data) and refused, so mixed releases say so.
 //!
 //! ```text
 //! offset size  field
 //!  0      4    magic      ff 52 55 54  ("\xffRUT")
-//!  4      1    version    1
+//!  4      1    version    2
 //!  5      1    kind       1 keepalive  2 challenge  3 response  4 ack  5 close  6 drop  7 authfail
 //!  6      1    flags      bit 0: the tunnel carries a client (active); other bits 0
 //!  7      1    waiting    ack: new clients waiting at the relay for a spare (saturating at 255); 0 otherwise
@@ -16,7 +17,9 @@
 //! 24      4    tunnel     tunnel number within that run, big-endian
 //! 28      8    counter    big-endian; inside→relay: strictly increasing within a run;
 //!                         relay→inside: the counter of the message being answered
-//! 36     16    cookie     the relay's stateless challenge (challenge, response); zero otherwise
+//! 36      8    cookie     the relay's stateless challenge (challenge, response); zero otherwise
+//! 44      4    keepalive  the sender's --keepaliveInterval in seconds, big-endian (0: not said)
+//! 48      4    tunnels    the sender's -n, big-endian (0: not said)
 //! 52     32    mac        HMAC-SHA256(key, bytes 0..52); all zero in authfail, which is not authenticated
 //! ```
 //!
@@ -38,7 +41,9 @@ use std::time::Instant;
 
 /// Size of every control message.
 pub const LEN: usize = 84;
-const MAGIC: [u8; 5] = [0xff, b'R', b'U', b'T', 1];
+pub const MAGIC: [u8; 4] = [0xff, b'R', b'U', b'T'];
+/// The protocol version this release speaks. (Version 1, in release 1.0, had a 16-byte cookie and no settings.)
+pub const VERSION: u8 = 2;
 const MAC_AT: usize = 52;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +114,19 @@ pub struct Message {
     pub instance: Instance,
     pub tunnel: u32,
     pub counter: u64,
-    pub cookie: [u8; 16],
+    pub cookie: [u8; 8],
+    /// The sender's settings that must agree on both sides.
+    pub shared: Shared,
+}
+
+/// Settings that both sides must share, said in every message so a mismatch is noticed, not suffered: the
+/// relay follows the inside agent's keepalive interval for its tunnels and the smaller `-n`, and warns once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shared {
+    /// `--keepaliveInterval` in seconds; 0 when not said.
+    pub keepalive: u32,
+    /// `-n`; 0 when not said.
+    pub max_tunnels: u32,
 }
 
 impl Message {
@@ -121,7 +138,8 @@ impl Message {
             instance,
             tunnel,
             counter,
-            cookie: [0; 16],
+            cookie: [0; 8],
+            shared: Shared::default(),
         }
     }
 
@@ -135,14 +153,17 @@ impl Message {
 
     fn encode(&self) -> [u8; LEN] {
         let mut b = [0u8; LEN];
-        b[..5].copy_from_slice(&MAGIC);
+        b[..4].copy_from_slice(&MAGIC);
+        b[4] = VERSION;
         b[5] = self.kind as u8;
         b[6] = self.active as u8;
         b[7] = self.waiting;
         b[8..24].copy_from_slice(&self.instance.0);
         b[24..28].copy_from_slice(&self.tunnel.to_be_bytes());
         b[28..36].copy_from_slice(&self.counter.to_be_bytes());
-        b[36..52].copy_from_slice(&self.cookie);
+        b[36..44].copy_from_slice(&self.cookie);
+        b[44..48].copy_from_slice(&self.shared.keepalive.to_be_bytes());
+        b[48..52].copy_from_slice(&self.shared.max_tunnels.to_be_bytes());
         b
     }
 
@@ -158,7 +179,11 @@ impl Message {
             instance: Instance(b[8..24].try_into().unwrap()),
             tunnel: u32::from_be_bytes(b[24..28].try_into().unwrap()),
             counter: u64::from_be_bytes(b[28..36].try_into().unwrap()),
-            cookie: b[36..52].try_into().unwrap(),
+            cookie: b[36..44].try_into().unwrap(),
+            shared: Shared {
+                keepalive: u32::from_be_bytes(b[44..48].try_into().unwrap()),
+                max_tunnels: u32::from_be_bytes(b[48..52].try_into().unwrap()),
+            },
         })
     }
 }
@@ -174,6 +199,8 @@ pub enum Error {
     AuthFailNotice,
     /// The MAC verifies but a field holds a value this version does not know.
     Malformed,
+    /// The magic, but another protocol version: the other side runs another release.
+    Version(u8),
 }
 
 impl std::fmt::Display for Error {
@@ -183,16 +210,17 @@ impl std::fmt::Display for Error {
             Error::BadMac => "failed authentication",
             Error::AuthFailNotice => "an authfail notice",
             Error::Malformed => "authentic but malformed",
+            Error::Version(_) => "of another protocol version",
         })
     }
 }
 
 impl std::error::Error for Error {}
 
-/// Cheap test run on every datagram: length and magic. Only a match costs an HMAC.
+/// Cheap test run on every datagram: length and magic (any version). Only a match costs an HMAC.
 #[inline]
 pub fn looks_like_control(buf: &[u8]) -> bool {
-    buf.len() == LEN && buf[..5] == MAGIC
+    buf.len() == LEN && buf[..4] == MAGIC
 }
 
 /// The shared secret, with the HMAC key schedule done once.
@@ -223,6 +251,9 @@ impl Key {
             return Err(Error::NotControl);
         }
         let b: &[u8; LEN] = buf.try_into().unwrap();
+        if b[4] != VERSION {
+            return Err(Error::Version(b[4]));
+        }
         if b[5] == Kind::AuthFail as u8 {
             return Err(Error::AuthFailNotice);
         }
@@ -235,7 +266,8 @@ impl Key {
     /// Unauthenticated "your MAC failed" notice: same size as what it answers, carries nothing secret.
     pub fn authfail_notice() -> [u8; LEN] {
         let mut b = [0u8; LEN];
-        b[..5].copy_from_slice(&MAGIC);
+        b[..4].copy_from_slice(&MAGIC);
+        b[4] = VERSION;
         b[5] = Kind::AuthFail as u8;
         b
     }
@@ -249,19 +281,22 @@ pub struct Identity {
     /// One counter for the whole run, so messages of every tunnel are fresh whatever the clock says. A mutex,
     /// not an AtomicU64: MIPS32 has no 64-bit atomics, and a control message costs an HMAC anyway.
     counter: std::sync::Mutex<u64>,
+    /// This agent's settings, said in every message.
+    shared: Shared,
 }
 
 impl Identity {
-    pub fn new(key: &[u8], instance: Instance) -> Identity {
+    pub fn new(key: &[u8], instance: Instance, shared: Shared) -> Identity {
         Identity {
             key: Key::new(key),
             instance,
             counter: std::sync::Mutex::new(0),
+            shared,
         }
     }
 
     /// Seal a fresh inside→relay message: the counter strictly increases across all tunnels of the run.
-    pub fn seal(&self, kind: Kind, tunnel: u32, active: bool, cookie: [u8; 16]) -> [u8; LEN] {
+    pub fn seal(&self, kind: Kind, tunnel: u32, active: bool, cookie: [u8; 8]) -> [u8; LEN] {
         let counter = {
             let mut c = self.counter.lock().unwrap_or_else(|e| e.into_inner());
             *c += 1;
@@ -270,12 +305,14 @@ impl Identity {
         let mut m = Message::new(kind, self.instance, tunnel, counter);
         m.active = active;
         m.cookie = cookie;
+        m.shared = self.shared;
         self.key.seal(&m)
     }
 }
 
-/// The relay's stateless challenge, as DTLS's HelloVerifyRequest: a MAC, under a secret that lives only in
-/// this relay process, of the claimed tunnel, the address it came from and a coarse clock. Answering it proves
+/// The relay's stateless challenge, as DTLS's HelloVerifyRequest: a MAC (64 bits of HMAC-SHA256), under a secret
+/// that lives only in this relay process, of the claimed tunnel, the address it came from and a coarse clock.
+/// Guessing one for an address the guesser does not receive at takes about 2^63 tries within its 10 s life. Answering it proves
 /// the sender receives at that address and holds the shared key, so a replayed keepalive from anywhere else
 /// registers nothing, and the relay stores nothing until the answer arrives.
 pub struct Cookies {
@@ -302,7 +339,7 @@ impl Cookies {
         now.saturating_duration_since(self.start).as_secs() / COOKIE_PERIOD_SECS
     }
 
-    fn compute(&self, epoch: u64, from: SocketAddr, msg: &Message) -> [u8; 16] {
+    fn compute(&self, epoch: u64, from: SocketAddr, msg: &Message) -> [u8; 8] {
         let mut m = self.mac.clone();
         m.update(&epoch.to_be_bytes());
         match from {
@@ -312,10 +349,10 @@ impl Cookies {
         m.update(&from.port().to_be_bytes());
         m.update(&msg.instance.0);
         m.update(&msg.tunnel.to_be_bytes());
-        m.finalize().into_bytes()[..16].try_into().unwrap()
+        m.finalize().into_bytes()[..8].try_into().unwrap()
     }
 
-    pub fn issue(&self, now: Instant, from: SocketAddr, msg: &Message) -> [u8; 16] {
+    pub fn issue(&self, now: Instant, from: SocketAddr, msg: &Message) -> [u8; 8] {
         self.compute(self.epoch(now), from, msg)
     }
 
@@ -340,7 +377,11 @@ mod tests {
     fn sample() -> Message {
         let mut m = Message::new(Kind::Response, Instance([9; 16]), 0xdead_beef, u64::MAX - 1);
         m.active = true;
-        m.cookie = [3; 16];
+        m.cookie = [3; 8];
+        m.shared = Shared {
+            keepalive: 25,
+            max_tunnels: 0x0102_0304,
+        };
         m
     }
 
@@ -374,11 +415,13 @@ mod tests {
     fn layout_is_as_documented() {
         let b = Key::new(b"k").seal(&sample());
         assert_eq!(b.len(), LEN);
-        assert_eq!(&b[..8], &[0xff, b'R', b'U', b'T', 1, 3, 1, 0]);
+        assert_eq!(&b[..8], &[0xff, b'R', b'U', b'T', 2, 3, 1, 0]);
         assert_eq!(&b[8..24], &[9; 16]);
         assert_eq!(&b[24..28], &[0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(&b[28..36], &(u64::MAX - 1).to_be_bytes());
-        assert_eq!(&b[36..52], &[3; 16]);
+        assert_eq!(&b[36..44], &[3; 8]);
+        assert_eq!(&b[44..48], &[0, 0, 0, 25]);
+        assert_eq!(&b[48..52], &[1, 2, 3, 4]);
     }
 
     #[test]
@@ -397,21 +440,27 @@ mod tests {
         assert_eq!(key.open(&long), Err(Error::NotControl));
         assert_eq!(key.open(&[0x55; LEN]), Err(Error::NotControl));
         let mut wrong_version = b;
-        wrong_version[4] = 2;
-        assert_eq!(key.open(&wrong_version), Err(Error::NotControl));
+        wrong_version[4] = 1;
+        assert_eq!(
+            key.open(&wrong_version),
+            Err(Error::Version(1)),
+            "recognised, refused"
+        );
     }
 
     #[test]
     fn any_flipped_bit_fails_authentication() {
         let key = Key::new(b"k");
         let b = key.seal(&sample());
-        for i in 5..LEN {
+        for i in 4..LEN {
             for bit in 0..8 {
                 let mut c = b;
                 c[i] ^= 1 << bit;
                 let r = key.open(&c);
                 assert!(
-                    r == Err(Error::BadMac) || (i == 5 && r == Err(Error::AuthFailNotice)),
+                    r == Err(Error::BadMac)
+                        || (i == 4 && matches!(r, Err(Error::Version(_))))
+                        || (i == 5 && r == Err(Error::AuthFailNotice)),
                     "byte {i}"
                 );
             }

@@ -6,9 +6,11 @@
 
 use crate::net;
 use crate::pace::{Every, Once};
-use crate::protocol::{self, Cookies, Instance, Key, Kind, Message};
+use crate::protocol::{self, Cookies, Instance, Key, Kind, Message, Shared};
 use crate::stats::Drops;
+use crate::strangers::Strangers;
 use crate::table::{Route, Table};
+use crate::wireguard::{Admission, Reason, Verdict};
 use log::{debug, info, warn};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -20,6 +22,15 @@ pub const WAIT_FOR_SPARE: Duration = Duration::from_secs(10);
 pub const RETIRED_KEPT: usize = 64;
 /// At most one unauthenticated authfail notice this often, in all.
 const AUTHFAIL_NOTICE_EVERY: Duration = Duration::from_secs(1);
+/// A full relay hands a tunnel whose client never got an answer to a newcomer, but not before the tunnel has
+/// carried its client this long: the service's first answer crosses relay → inside → service → inside → relay
+/// well within it (the client's own link is not on that path).
+pub const GRACE: Duration = Duration::from_secs(1);
+/// New clients waiting this many for spares also count as load (admissions outpace the inside agent).
+const WAITING_IS_LOAD: usize = 16;
+/// The longest keepalive interval (and the largest -n) an inside agent may say it uses.
+const MAX_KEEPALIVE_SECS: u32 = 86_400;
+const MAX_TUNNELS_SAID: u32 = 100_000;
 
 /// The relay's settings that decisions depend on.
 #[derive(Clone, Debug)]
@@ -28,6 +39,23 @@ pub struct Settings {
     pub max_tunnels: usize,
     /// `--keepaliveInterval`: a tunnel silent for twice this is forgotten.
     pub keepalive: Duration,
+}
+
+/// What admission control did, for the status line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Admissions {
+    /// Unproven tunnels handed to newcomers.
+    pub reclaimed: u64,
+    /// Control-shaped datagrams that failed authentication while the inside agent's key works: strangers' noise.
+    pub forged: u64,
+    /// `--wireguard`: datagrams of unknown sources that are not handshake initiations.
+    pub not_initiation: u64,
+    /// `--wireguard`: initiations whose mac1 does not verify.
+    pub bad_mac1: u64,
+    /// `--wireguard`: initiations seen before (replayed).
+    pub replayed: u64,
+    /// `--wireguard`: cookie replies sent (under load).
+    pub cookies: u64,
 }
 
 /// A datagram for the socket loop to send.
@@ -44,6 +72,10 @@ struct Said {
     full: Once,
     waiting: Once,
     expired: Once,
+    reclaiming: Once,
+    version: Once,
+    keepalive_differs: Once,
+    tunnels_differ: Once,
 }
 
 pub struct Relay {
@@ -55,8 +87,18 @@ pub struct Relay {
     current: Option<Instance>,
     retired: VecDeque<Instance>,
     drops: Drops,
+    admissions: Admissions,
     said: Said,
     authfail_notice: Every,
+    /// The last time an authenticated, fresh message of the inside agent arrived: while it works, a bad MAC is
+    /// a stranger's, not a sign that the keys differ.
+    heard: Option<Instant>,
+    /// The inside agent's -n, when it says one smaller than ours.
+    inside_max: Option<usize>,
+    strangers: Strangers,
+    /// Strangers reclaim tunnels at this pace at most, so the tunnels' ages spread and newcomers find one.
+    stranger_pace: Every,
+    wireguard: Option<Admission>,
 }
 
 impl Relay {
@@ -66,13 +108,43 @@ impl Relay {
             key: Key::new(key),
             cookies: Cookies::new(cookie_secret, now),
             table: Table::default(),
-            settings,
             current: None,
             retired: VecDeque::new(),
             drops: Drops::default(),
+            admissions: Admissions::default(),
             said: Said::default(),
             authfail_notice: Every::new(AUTHFAIL_NOTICE_EVERY),
+            heard: None,
+            inside_max: None,
+            strangers: Strangers::default(),
+            stranger_pace: Every::new(2 * GRACE / settings.max_tunnels.clamp(1, 1 << 20) as u32),
+            wireguard: None,
+            settings,
         }
+    }
+
+    /// With `--wireguard`: only a WireGuard handshake initiation that passes the server's own checks (mac1, and
+    /// mac2 under load) gets a tunnel.
+    pub fn with_wireguard(mut self, admission: Admission) -> Relay {
+        self.wireguard = Some(admission);
+        self
+    }
+
+    pub fn admissions(&self) -> &Admissions {
+        &self.admissions
+    }
+
+    /// The most clients served at once: our -n, or the inside agent's if smaller.
+    fn limit(&self) -> usize {
+        self.inside_max.map_or(self.settings.max_tunnels, |n| {
+            n.min(self.settings.max_tunnels)
+        })
+    }
+
+    /// Nearly full, or new clients arriving faster than the inside agent opens tunnels.
+    fn under_load(&self) -> bool {
+        let busy = self.table.active() + self.table.waiting();
+        (busy > 0 && busy * 8 >= self.limit() * 7) || self.table.waiting() >= WAITING_IS_LOAD
     }
 
     /// One datagram from `src`. `Some(dst)`: send `data` itself to `dst`. Anything else to send is in `out`.
@@ -90,6 +162,10 @@ impl Relay {
         }
         match self.table.route(&src) {
             Route::To(dst) => Some(dst),
+            Route::FirstAnswer(dst, t) => {
+                self.table.mark_answered(t);
+                Some(dst)
+            }
             Route::Hold => {
                 if !self.table.hold(src, data, now) {
                     self.drops.overflow.incr();
@@ -100,7 +176,48 @@ impl Relay {
                 self.drops.unrouted.incr();
                 None
             }
-            Route::New => self.new_client(now, src, data),
+            Route::New => {
+                if !self.admit(now, src, data, out) {
+                    return None;
+                }
+                self.new_client(now, src, data)
+            }
+        }
+    }
+
+    /// `--wireguard`: the server's own checks before any state: a valid initiation, not seen before, with a
+    /// valid mac2 under load (else a cookie reply, smaller than the initiation). Without it, every source may
+    /// ask for a tunnel.
+    fn admit(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        data: &[u8],
+        out: &mut Vec<Transmit>,
+    ) -> bool {
+        let under_load = self.under_load();
+        let Some(wg) = self.wireguard.as_mut() else {
+            return true;
+        };
+        match wg.check(now, src, data, under_load) {
+            Verdict::Admit => true,
+            Verdict::Reply(reply) => {
+                self.admissions.cookies += 1;
+                out.push(Transmit {
+                    to: src,
+                    data: reply.0.to_vec(),
+                });
+                false
+            }
+            Verdict::Drop(reason) => {
+                let a = &mut self.admissions;
+                match reason {
+                    Reason::NotInitiation => a.not_initiation += 1,
+                    Reason::BadMac1 => a.bad_mac1 += 1,
+                    Reason::Replayed => a.replayed += 1,
+                }
+                false
+            }
         }
     }
 
@@ -128,19 +245,23 @@ impl Relay {
     }
 
     fn new_client(&mut self, now: Instant, src: SocketAddr, data: &[u8]) -> Option<SocketAddr> {
-        if self.table.active() + self.table.waiting() >= self.settings.max_tunnels {
+        let limit = self.limit();
+        if self.table.active() + self.table.waiting() >= limit {
+            if let Some(dst) = self.reclaim(now, src) {
+                return Some(dst);
+            }
             self.drops.refused.incr();
+            self.strangers.insert(src);
             if self.said.full.first() {
                 warn!(
-                    "all {} tunnels in use: refusing new clients (first: {})",
-                    self.settings.max_tunnels,
+                    "all {limit} tunnels in use: refusing new clients (first: {})",
                     net::shown(src)
                 );
             }
             return None;
         }
         match self.table.take_spare() {
-            Some(t) => self.assign(src, t),
+            Some(t) => self.assign(now, src, t),
             None => {
                 if !self.table.hold(src, data, now) {
                     self.drops.overflow.incr();
@@ -154,9 +275,42 @@ impl Relay {
         }
     }
 
+    /// A full relay: hand the unproven tunnel that has waited longest for an answer to `src`. A newcomer may take
+    /// one past the grace; a source turned away before (a stranger) only one past twice the grace, and only at a
+    /// pace, so that newcomers always find one while strangers flood. A proven tunnel is never taken.
+    fn reclaim(&mut self, now: Instant, src: SocketAddr) -> Option<SocketAddr> {
+        let newcomer = !self.strangers.contains(&src);
+        let min_age = if newcomer { GRACE } else { 2 * GRACE };
+        let t = self.table.oldest_unproven(now, min_age)?;
+        if !newcomer && !self.stranger_pace.due(now) {
+            return None;
+        }
+        let old = self.table.reassign(t, src, now)?;
+        self.strangers.insert(old);
+        self.admissions.reclaimed += 1;
+        let tun = self.table.get(t)?;
+        if self.said.reclaiming.first() {
+            warn!(
+                "all {} tunnels in use: handing tunnels whose client never got an answer to new clients \
+                 (first: tunnel {} from {} to {}); counted as reclaimed",
+                self.limit(),
+                tun.key.1,
+                net::shown(old),
+                net::shown(src)
+            );
+        }
+        debug!(
+            "tunnel {} reclaimed from {} for {}",
+            tun.key.1,
+            net::shown(old),
+            net::shown(src)
+        );
+        Some(tun.addr)
+    }
+
     /// Give tunnel `t` to `client`; the tunnel's address, where the client's datagrams now go.
-    fn assign(&mut self, client: SocketAddr, t: usize) -> Option<SocketAddr> {
-        self.table.assign(client, t);
+    fn assign(&mut self, now: Instant, client: SocketAddr, t: usize) -> Option<SocketAddr> {
+        self.table.assign(client, t, now);
         let tun = self.table.get(t)?;
         info!(
             "client {} -> tunnel {} at {} ({} active)",
@@ -172,6 +326,18 @@ impl Relay {
         let msg = match self.key.open(data) {
             Ok(msg) => msg,
             Err(protocol::Error::BadMac) => return self.on_badauth(now, src, out),
+            Err(protocol::Error::Version(v)) => {
+                self.drops.badauth.incr();
+                if self.said.version.first() {
+                    warn!(
+                        "control message of protocol version {v} from {}: this relay speaks version {}; \
+                         run the same release on both sides",
+                        net::shown(src),
+                        protocol::VERSION
+                    );
+                }
+                return;
+            }
             Err(e) => {
                 return debug!(
                     "ignored control-shaped datagram from {}: {e}",
@@ -196,6 +362,14 @@ impl Relay {
     }
 
     fn on_badauth(&mut self, now: Instant, src: SocketAddr, out: &mut Vec<Transmit>) {
+        // While the inside agent's messages verify, the key is not the problem: this is a stranger's datagram.
+        let working = self
+            .heard
+            .is_some_and(|t| now.saturating_duration_since(t) < 2 * self.settings.keepalive);
+        if working {
+            self.admissions.forged += 1;
+            return;
+        }
         self.drops.badauth.incr();
         if self.said.badauth.first() {
             warn!(
@@ -212,11 +386,59 @@ impl Relay {
         }
     }
 
+    /// Seal and send a message, saying our settings in it.
     fn reply(&self, to: SocketAddr, msg: &Message, out: &mut Vec<Transmit>) {
+        let mut msg = *msg;
+        msg.shared = Shared {
+            keepalive: self
+                .settings
+                .keepalive
+                .as_secs()
+                .try_into()
+                .unwrap_or(u32::MAX),
+            max_tunnels: self.settings.max_tunnels.try_into().unwrap_or(u32::MAX),
+        };
         out.push(Transmit {
             to,
-            data: self.key.seal(msg).to_vec(),
+            data: self.key.seal(&msg).to_vec(),
         });
+    }
+
+    /// The keepalive interval of the inside agent that sent `said`: its tunnels live by it.
+    fn keepalive_of(&self, said: &Shared) -> Duration {
+        if (1..=MAX_KEEPALIVE_SECS).contains(&said.keepalive) {
+            Duration::from_secs(said.keepalive.into())
+        } else {
+            self.settings.keepalive
+        }
+    }
+
+    /// The inside agent's settings, from a fresh authenticated message: follow them where ours would drop its
+    /// tunnels, and say once that the two sides differ.
+    fn note_settings(&mut self, now: Instant, said: &Shared) {
+        self.heard = Some(now);
+        let ours = self.settings.keepalive;
+        let theirs = self.keepalive_of(said);
+        if theirs != ours && self.said.keepalive_differs.first() {
+            warn!(
+                "the inside agent's keepalive interval is {}s, ours {}s: its tunnels are kept for twice its \
+                 interval; give --keepaliveInterval the same value on both sides",
+                theirs.as_secs(),
+                ours.as_secs()
+            );
+        }
+        if (1..=MAX_TUNNELS_SAID).contains(&said.max_tunnels) {
+            let n = said.max_tunnels as usize;
+            if n != self.settings.max_tunnels && self.said.tunnels_differ.first() {
+                warn!(
+                    "the inside agent's -n is {n}, ours {}: serving at most {} clients; give -n the same value \
+                     on both sides",
+                    self.settings.max_tunnels,
+                    n.min(self.settings.max_tunnels)
+                );
+            }
+            self.inside_max = Some(n);
+        }
     }
 
     fn on_keepalive(
@@ -239,7 +461,9 @@ impl Relay {
             );
         }
         if tun.addr == src {
-            self.table.refresh(t, msg.counter, now);
+            self.note_settings(now, &msg.shared);
+            self.table
+                .refresh(t, msg.counter, self.keepalive_of(&msg.shared), now);
             return self.ack(src, msg, t, out);
         }
         // A known tunnel at a new address: its NAT mapping changed, or someone replays its keepalive. Hold the
@@ -279,7 +503,9 @@ impl Relay {
                 if tun.addr != src && !self.roam(now, t, src, out) {
                     return;
                 }
-                self.table.refresh(t, msg.counter, now);
+                self.note_settings(now, &msg.shared);
+                self.table
+                    .refresh(t, msg.counter, self.keepalive_of(&msg.shared), now);
                 self.ack(src, msg, t, out);
             }
             None if msg.active => {
@@ -340,9 +566,11 @@ impl Relay {
                 self.table.spares()
             );
         }
-        let (t, displaced) = self
-            .table
-            .register((msg.instance, msg.tunnel), src, msg.counter, now);
+        self.note_settings(now, &msg.shared);
+        let keepalive = self.keepalive_of(&msg.shared);
+        let (t, displaced) =
+            self.table
+                .register((msg.instance, msg.tunnel), src, msg.counter, keepalive, now);
         if let Some(x) = displaced {
             self.drop_tunnel(
                 now,
@@ -362,7 +590,11 @@ impl Relay {
         );
         if let Some((client, held)) = self.table.next_waiting() {
             // Clients only wait while there is no spare, so the oldest spare is the one just registered.
-            if let Some(dst) = self.table.take_spare().and_then(|s| self.assign(client, s)) {
+            if let Some(dst) = self
+                .table
+                .take_spare()
+                .and_then(|s| self.assign(now, client, s))
+            {
                 out.extend(held.into_iter().map(|data| Transmit { to: dst, data }));
             }
         }
@@ -454,7 +686,7 @@ impl Relay {
     /// Expire what timed out. Call a few times a second; nothing depends on the exact period.
     pub fn on_tick(&mut self, now: Instant) {
         self.table.expire_gone(now, protocol::COOKIE_LIFETIME);
-        for tun in self.table.expire(now, 2 * self.settings.keepalive) {
+        for tun in self.table.expire(now) {
             let who = tun
                 .client
                 .map(|c| format!(" (client {})", net::shown(c)))
@@ -462,7 +694,7 @@ impl Relay {
             info!(
                 "tunnel {} sent no keepalive for {}s: forgotten{who}",
                 tun.key.1,
-                2 * self.settings.keepalive.as_secs()
+                2 * tun.keepalive.as_secs()
             );
         }
         let dropped = self.table.expire_held(now, WAIT_FOR_SPARE);
@@ -477,8 +709,9 @@ impl Relay {
                 );
             }
         }
-        if self.table.active() + self.table.waiting() < self.settings.max_tunnels {
+        if self.table.active() + self.table.waiting() < self.limit() {
             self.said.full.rearm();
+            self.said.reclaiming.rearm();
         }
     }
 
@@ -503,12 +736,22 @@ impl Relay {
     }
 
     pub fn status(&self) -> String {
+        let a = &self.admissions;
+        let wireguard = match self.wireguard {
+            Some(_) => format!(
+                " wireguard notinit={} badmac1={} replayed={} cookies={}",
+                a.not_initiation, a.bad_mac1, a.replayed, a.cookies
+            ),
+            None => String::new(),
+        };
         format!(
-            "status: tunnels active={} spare={} waiting={} {}",
+            "status: tunnels active={} spare={} waiting={} reclaimed={} {} forged={}{wireguard}",
             self.table.active(),
             self.table.spares(),
             self.table.waiting(),
-            self.drops.summary()
+            a.reclaimed,
+            self.drops.summary(),
+            a.forged,
         )
     }
 }

@@ -18,6 +18,14 @@ pub struct Tunnel {
     /// Highest authenticated counter seen: anything not above it is a replay or a late duplicate.
     pub counter: u64,
     pub last_keepalive: Instant,
+    /// The keepalive interval of the inside agent that runs it (it says so in every message): the tunnel is
+    /// forgotten after twice this without a keepalive.
+    pub keepalive: Duration,
+    /// When its client was given it.
+    pub since: Instant,
+    /// Its client has received a datagram from the service through it: the tunnel is *proven*, and no one's
+    /// one-way traffic can take it. An unproven tunnel of a full relay may be handed to a newcomer.
+    pub answered: bool,
 }
 
 /// What the source address of a datagram is.
@@ -33,6 +41,9 @@ enum Peer {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     To(SocketAddr),
+    /// The first datagram from the service to the client of tunnel `.1`, whose address is `.0`: it proves the
+    /// tunnel (see [`Tunnel::answered`]).
+    FirstAnswer(SocketAddr, usize),
     Hold,
     /// From a tunnel that has no client (yet).
     Unrouted,
@@ -71,6 +82,9 @@ pub struct Table {
     /// a cookie that stays valid for a few seconds; replayed from the tunnel's old address, it must not register
     /// a dead spare. Only tunnels that once authenticated enter, and each leaves after the cookie lifetime.
     gone: HashMap<TunnelKey, Gone>,
+    /// Tunnels with a client and no answer yet, oldest first, with the time they were given it (stale entries
+    /// are skipped lazily).
+    unproven: VecDeque<(usize, Instant)>,
 }
 
 /// How a tunnel left the table, for as long as a captured cookie of it could be replayed.
@@ -93,9 +107,19 @@ impl Table {
                 Some(tun) => Route::To(tun.addr),
                 None => Route::Unrouted,
             },
-            Some(Peer::Tunnel(t)) => match self.get(*t).and_then(|tun| tun.client) {
-                Some(c) => Route::To(c),
-                None => Route::Unrouted,
+            Some(Peer::Tunnel(t)) => match self.get(*t) {
+                Some(Tunnel {
+                    client: Some(c),
+                    answered,
+                    ..
+                }) => {
+                    if *answered {
+                        Route::To(*c)
+                    } else {
+                        Route::FirstAnswer(*c, *t)
+                    }
+                }
+                _ => Route::Unrouted,
             },
             Some(Peer::Held) => Route::Hold,
             None => Route::New,
@@ -159,6 +183,7 @@ impl Table {
         key: TunnelKey,
         addr: SocketAddr,
         counter: u64,
+        keepalive: Duration,
         now: Instant,
     ) -> (usize, Option<usize>) {
         let displaced = self.claim(addr);
@@ -168,6 +193,9 @@ impl Table {
             client: None,
             counter,
             last_keepalive: now,
+            keepalive,
+            since: now,
+            answered: false,
         };
         let t = match self.free.pop() {
             Some(t) => {
@@ -185,10 +213,57 @@ impl Table {
         (t, displaced)
     }
 
-    pub fn refresh(&mut self, t: usize, counter: u64, now: Instant) {
+    pub fn refresh(&mut self, t: usize, counter: u64, keepalive: Duration, now: Instant) {
         if let Some(tun) = self.get_mut(t) {
             tun.counter = counter;
             tun.last_keepalive = now;
+            tun.keepalive = keepalive;
+        }
+    }
+
+    /// The service answered through tunnel `t`.
+    pub fn mark_answered(&mut self, t: usize) {
+        if let Some(tun) = self.get_mut(t) {
+            tun.answered = true;
+        }
+    }
+
+    /// The unproven tunnel that has carried its client longest, if that is at least `min_age`.
+    pub fn oldest_unproven(&mut self, now: Instant, min_age: Duration) -> Option<usize> {
+        while let Some(&(t, since)) = self.unproven.front() {
+            let live = self
+                .get(t)
+                .is_some_and(|tun| tun.client.is_some() && !tun.answered && tun.since == since);
+            if live {
+                return (now.saturating_duration_since(since) >= min_age).then_some(t);
+            }
+            self.unproven.pop_front();
+        }
+        None
+    }
+
+    /// Hand unproven tunnel `t` to `client`; returns the client it had.
+    pub fn reassign(&mut self, t: usize, client: SocketAddr, now: Instant) -> Option<SocketAddr> {
+        let tun = self.get_mut(t)?;
+        let old = tun.client.replace(client)?;
+        tun.since = now;
+        tun.answered = false;
+        self.peers.remove(&old);
+        self.peers.insert(client, Peer::Client(t));
+        self.note_unproven(t, now);
+        Some(old)
+    }
+
+    /// Queue `t` as unproven since `now` (oldest first). Entries that went stale (proven, reassigned, gone) are
+    /// skipped when they reach the front, and the queue is compacted so it never holds more than about twice
+    /// the tunnels.
+    fn note_unproven(&mut self, t: usize, now: Instant) {
+        self.unproven.push_back((t, now));
+        if self.unproven.len() > 2 * self.slots.len() + 16 {
+            let slots = &self.slots;
+            self.unproven.retain(|&(t, since)| {
+                matches!(slots.get(t), Some(Some(tun)) if tun.client.is_some() && !tun.answered && tun.since == since)
+            });
         }
     }
 
@@ -248,11 +323,14 @@ impl Table {
         self.spares.pop_front()
     }
 
-    pub fn assign(&mut self, client: SocketAddr, t: usize) {
+    pub fn assign(&mut self, client: SocketAddr, t: usize, now: Instant) {
         if let Some(tun) = self.get_mut(t) {
             tun.client = Some(client);
+            tun.since = now;
+            tun.answered = false;
             self.peers.insert(client, Peer::Client(t));
             self.active += 1;
+            self.note_unproven(t, now);
         }
     }
 
@@ -283,10 +361,10 @@ impl Table {
         ts.into_iter().filter_map(|t| self.remove(t)).collect()
     }
 
-    /// Tunnels with no keepalive within `max_age`, remembered with their last counter.
-    pub fn expire(&mut self, now: Instant, max_age: Duration) -> Vec<Tunnel> {
+    /// Tunnels with no keepalive within twice their interval, remembered with their last counter.
+    pub fn expire(&mut self, now: Instant) -> Vec<Tunnel> {
         let old: Vec<usize> = (0..self.slots.len())
-            .filter(|&t| matches!(&self.slots[t], Some(tun) if now.saturating_duration_since(tun.last_keepalive) > max_age))
+            .filter(|&t| matches!(&self.slots[t], Some(tun) if now.saturating_duration_since(tun.last_keepalive) > 2 * tun.keepalive))
             .collect();
         let gone: Vec<Tunnel> = old.into_iter().filter_map(|t| self.remove(t)).collect();
         for tun in &gone {
@@ -478,6 +556,8 @@ mod tests {
         SocketAddr::from(([192, 0, 2, 1], port))
     }
 
+    const KA: Duration = Duration::from_secs(1);
+
     fn key(n: u32) -> TunnelKey {
         (Instance([1; 16]), n)
     }
@@ -486,12 +566,14 @@ mod tests {
     fn spare_is_handed_to_a_new_client_and_routes_both_ways() {
         let mut tb = Table::default();
         let now = Instant::now();
-        let (t, _) = tb.register(key(1), addr(1000), 1, now);
+        let (t, _) = tb.register(key(1), addr(1000), 1, KA, now);
         assert_eq!(tb.route(&addr(1000)), Route::Unrouted);
         assert_eq!(tb.route(&addr(5)), Route::New);
         assert_eq!(tb.take_spare(), Some(t));
-        tb.assign(addr(5), t);
+        tb.assign(addr(5), t, now);
         assert_eq!(tb.route(&addr(5)), Route::To(addr(1000)));
+        assert_eq!(tb.route(&addr(1000)), Route::FirstAnswer(addr(5), t));
+        tb.mark_answered(t);
         assert_eq!(tb.route(&addr(1000)), Route::To(addr(5)));
         assert_eq!((tb.active(), tb.spares()), (1, 0));
         tb.remove(t);
@@ -542,16 +624,16 @@ mod tests {
     fn roaming_tunnel_keeps_its_client_and_reclaims_a_mistaken_client_address() {
         let mut tb = Table::default();
         let now = Instant::now();
-        let (t, _) = tb.register(key(1), addr(1000), 1, now);
+        let (t, _) = tb.register(key(1), addr(1000), 1, KA, now);
         tb.take_spare();
-        tb.assign(addr(5), t);
+        tb.assign(addr(5), t, now);
         // The tunnel's data arrived from its new address before its keepalive: taken for a new client.
-        let (s, _) = tb.register(key(2), addr(2000), 1, now);
+        let (s, _) = tb.register(key(2), addr(2000), 1, KA, now);
         tb.take_spare();
-        tb.assign(addr(1001), s);
+        tb.assign(addr(1001), s, now);
         let (displaced, held) = tb.move_to(t, addr(1001));
         assert_eq!((displaced, held.len()), (Some(s), 0));
-        assert_eq!(tb.route(&addr(1001)), Route::To(addr(5)));
+        assert_eq!(tb.route(&addr(1001)), Route::FirstAnswer(addr(5), t));
         assert_eq!(tb.route(&addr(5)), Route::To(addr(1001)));
         assert_eq!(tb.route(&addr(1000)), Route::New);
         assert_eq!(tb.get(s).unwrap().client, None);
@@ -573,7 +655,7 @@ mod tests {
     fn roam_hold_is_flushed_on_move() {
         let mut tb = Table::default();
         let now = Instant::now();
-        let (t, _) = tb.register(key(1), addr(1000), 1, now);
+        let (t, _) = tb.register(key(1), addr(1000), 1, KA, now);
         tb.expect_roam(addr(1001), now);
         assert!(tb.hold(addr(1001), b"d", now));
         assert_eq!(tb.waiting(), 0, "a roam hold is not a waiting client");
@@ -585,15 +667,11 @@ mod tests {
     fn closed_tunnels_never_come_back_expired_ones_only_with_a_fresher_counter() {
         let mut tb = Table::default();
         let now = Instant::now();
-        let (t, _) = tb.register(key(1), addr(1000), 5, now);
-        tb.register(key(2), addr(1001), 7, now);
+        let (t, _) = tb.register(key(1), addr(1000), 5, KA, now);
+        tb.register(key(2), addr(1001), 7, KA, now);
         assert!(tb.may_register(&key(1), 1));
         tb.close(t, now);
-        assert_eq!(
-            tb.expire(now + Duration::from_secs(3), Duration::from_secs(2))
-                .len(),
-            1
-        );
+        assert_eq!(tb.expire(now + Duration::from_secs(3)).len(), 1);
         assert!(!tb.may_register(&key(1), 100), "closed: never again");
         assert!(
             !tb.may_register(&key(2), 7),
@@ -614,24 +692,18 @@ mod tests {
     fn expiry_and_instance_removal() {
         let mut tb = Table::default();
         let now = Instant::now();
-        tb.register(key(1), addr(1000), 1, now);
+        tb.register(key(1), addr(1000), 1, KA, now);
         let (t2, _) = tb.register(
             (Instance([2; 16]), 1),
             addr(1001),
             1,
+            KA,
             now + Duration::from_secs(5),
         );
         assert_eq!(tb.remove_instance(Instance([1; 16])).len(), 1);
         assert_eq!(tb.find(&key(1)), None);
-        assert_eq!(
-            tb.expire(now + Duration::from_secs(6), Duration::from_secs(2))
-                .len(),
-            0
-        );
-        assert_eq!(
-            tb.expire(now + Duration::from_secs(8), Duration::from_secs(2))[0].addr,
-            addr(1001)
-        );
+        assert_eq!(tb.expire(now + Duration::from_secs(6)).len(), 0);
+        assert_eq!(tb.expire(now + Duration::from_secs(8))[0].addr, addr(1001));
         assert_eq!((tb.spares(), tb.find(&(Instance([2; 16]), 1))), (0, None));
         let _ = t2;
     }

@@ -159,7 +159,7 @@ impl Tunnel {
                 if now.duration_since(last_probe) >= PROBE_EVERY {
                     last_probe = now;
                     self.forward(
-                        &self.identity.seal(Kind::Keepalive, self.id, true, [0; 16]),
+                        &self.identity.seal(Kind::Keepalive, self.id, true, [0; 8]),
                         self.relay,
                     );
                 }

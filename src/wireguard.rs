@@ -428,6 +428,37 @@ impl Admission {
     }
 }
 
+/// What a WireGuard client does to an initiation for `server` before sending it: mac1, and mac2 when it holds a
+/// cookie from a cookie reply. The relay never needs this; tests and the benchmark build initiations with it.
+pub fn client_macs(server: &PublicKey, msg: &mut [u8; INITIATION_LEN], cookie: Option<&[u8; 16]>) {
+    let mac1 = mac(&hash(LABEL_MAC1, &server.0), &msg[..MAC1_AT]);
+    msg[MAC1_AT..MAC2_AT].copy_from_slice(&mac1);
+    let mac2 = cookie.map_or([0; 16], |c| mac(c, &msg[..MAC2_AT]));
+    msg[MAC2_AT..].copy_from_slice(&mac2);
+}
+
+/// What a WireGuard client does with a cookie reply to its `initiation`: the cookie, if the reply opens.
+pub fn client_open_cookie(server: &PublicKey, reply: &[u8], initiation: &[u8]) -> Option<[u8; 16]> {
+    if reply.len() != COOKIE_REPLY_LEN
+        || initiation.len() != INITIATION_LEN
+        || reply[4..8] != initiation[4..8]
+    {
+        return None;
+    }
+    let cipher = XChaCha20Poly1305::new(&hash(LABEL_COOKIE, &server.0).into());
+    let mut cookie: [u8; 16] = reply[32..48].try_into().ok()?;
+    let nonce: [u8; 24] = reply[8..32].try_into().ok()?;
+    cipher
+        .decrypt_in_place_detached(
+            &nonce.into(),
+            &initiation[MAC1_AT..MAC2_AT],
+            &mut cookie,
+            reply[48..64].into(),
+        )
+        .ok()?;
+    Some(cookie)
+}
+
 /// The UDP source as hashed into a cookie: address (4 or 16 bytes) then port, big-endian.
 struct Source {
     buf: [u8; 18],

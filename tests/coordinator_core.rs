@@ -44,7 +44,7 @@ struct Inside {
 impl Inside {
     fn new(s: Settings) -> Inside {
         let now = Instant::now();
-        let identity = Arc::new(Identity::new(KEY, Instance([7; 16])));
+        let identity = Arc::new(Identity::new(KEY, Instance([7; 16]), Default::default()));
         let core = Coordinator::new(identity, s, Arc::new(Drops::default()), now);
         Inside {
             core,
@@ -141,7 +141,7 @@ fn a_challenge_is_answered_with_its_cookie_and_an_ack_registers_the_spare() {
     let mut i = Inside::new(settings(10, 1, 25));
     i.resolved();
     let mut challenge = Message::new(Kind::Challenge, Instance([7; 16]), 1, 1);
-    challenge.cookie = [9; 16];
+    challenge.cookie = [9; 8];
     let a = i.input(Input::Tunnel(1, Event::Control(challenge)));
     let Action::Send { msg, to, .. } = &a[0] else {
         panic!("{a:?}")
@@ -149,7 +149,7 @@ fn a_challenge_is_answered_with_its_cookie_and_an_ack_registers_the_spare() {
     let response = i.key.open(msg).unwrap();
     assert_eq!(
         (response.kind, response.cookie, *to),
-        (Kind::Response, [9; 16], RELAY.parse().unwrap())
+        (Kind::Response, [9; 8], RELAY.parse().unwrap())
     );
     i.relay_says(1, Kind::Ack, 2);
     assert!(

@@ -2,8 +2,9 @@
 
 mod sim;
 
-use rut::protocol::{Key, Kind, LEN};
+use rut::protocol::{Key, Kind, Shared, LEN};
 use rut::table::Route;
+use rut::wireguard;
 use sim::*;
 use std::time::Duration;
 
@@ -294,4 +295,247 @@ fn a_bad_mac_gets_one_same_sized_notice_a_second_at_most() {
     r.advance(secs(1));
     assert_eq!(r.send(addr(1), &forged).1.len(), 1);
     assert_eq!(r.relay.drops().badauth.get(), 3);
+}
+
+// ---- A full relay: unproven tunnels go to newcomers (issue: strangers must not take every tunnel) ----------
+
+/// A relay with `n` tunnels all given to `clients` (addresses 100..), none answered.
+fn full(n: usize) -> (SimRelay, SimInside) {
+    let mut r = SimRelay::new(n, 25, 1);
+    let mut inside = SimInside::new(1);
+    for i in 0..n {
+        r.register(&mut inside, addr(i));
+        assert_eq!(r.send(addr(100 + i), b"garbage").0, Some(addr(i)));
+    }
+    (r, inside)
+}
+
+#[test]
+fn a_newcomer_takes_the_oldest_unproven_tunnel_once_it_is_past_the_grace() {
+    let (mut r, _) = full(3);
+    let newcomer = addr(50);
+    assert_eq!(
+        r.send(newcomer, b"hello"),
+        (None, vec![]),
+        "within the grace: refused"
+    );
+    r.advance(rut::relay::GRACE);
+    // (The refused newcomer is a stranger now; a fresh newcomer takes the oldest tunnel at once.)
+    let fresh = addr(51);
+    assert_eq!(
+        r.send(fresh, b"hello").0,
+        Some(addr(0)),
+        "the oldest unproven tunnel"
+    );
+    assert_eq!(r.relay.admissions().reclaimed, 1);
+    assert_eq!(
+        r.send(addr(100), b"more garbage").0,
+        None,
+        "the old client lost it"
+    );
+    assert_eq!(
+        r.send(addr(0), b"answer").0,
+        Some(fresh),
+        "replies go to the newcomer"
+    );
+    r.relay.table().check().unwrap();
+}
+
+#[test]
+fn a_proven_tunnel_is_never_reclaimed() {
+    let (mut r, _) = full(2);
+    r.send(addr(0), b"answer"); // the service answered client 100: tunnel 0 is proven
+    r.send(addr(1), b"answer");
+    r.advance(Duration::from_secs(40));
+    assert_eq!(r.send(addr(51), b"hello"), (None, vec![]));
+    assert_eq!(r.relay.admissions().reclaimed, 0);
+    assert_eq!(r.relay.drops().refused.get(), 1);
+}
+
+#[test]
+fn sources_turned_away_wait_behind_newcomers_and_are_paced() {
+    let (mut r, _) = full(2);
+    let stranger = addr(60);
+    r.send(stranger, b"x"); // refused: now a stranger
+    r.advance(rut::relay::GRACE);
+    assert_eq!(
+        r.send(stranger, b"x").0,
+        None,
+        "a stranger waits for twice the grace"
+    );
+    assert_eq!(
+        r.send(addr(61), b"x").0,
+        Some(addr(0)),
+        "a newcomer does not"
+    );
+    r.advance(rut::relay::GRACE);
+    assert_eq!(
+        r.send(stranger, b"x").0,
+        Some(addr(1)),
+        "past twice the grace"
+    );
+    // The old client of a reclaimed tunnel is a stranger too.
+    assert_eq!(r.send(addr(100), b"x").0, None);
+}
+
+// ---- Settings both sides must share ------------------------------------------------------------------------
+
+#[test]
+fn the_relay_keeps_tunnels_by_the_inside_agents_keepalive_interval() {
+    let mut r = SimRelay::new(4, 2, 1);
+    let mut inside = SimInside::saying(
+        1,
+        Shared {
+            keepalive: 10,
+            max_tunnels: 4,
+        },
+    );
+    r.register(&mut inside, addr(0));
+    r.send(addr(1), b"client");
+    r.advance(secs(15));
+    assert_eq!(
+        r.relay.table().active(),
+        1,
+        "not forgotten after 2 x our 2 s"
+    );
+    r.advance(secs(6));
+    assert_eq!(r.relay.table().active(), 0, "forgotten after 2 x its 10 s");
+}
+
+#[test]
+fn the_relay_serves_no_more_clients_than_the_inside_agent_can_take() {
+    let mut r = SimRelay::new(4, 25, 1);
+    let mut inside = SimInside::saying(
+        1,
+        Shared {
+            keepalive: 25,
+            max_tunnels: 1,
+        },
+    );
+    r.register(&mut inside, addr(0));
+    r.send(addr(1), b"first");
+    assert_eq!(
+        r.send(addr(2), b"second"),
+        (None, vec![]),
+        "refused, not held for a spare that never comes"
+    );
+    assert_eq!(r.relay.table().waiting(), 0);
+}
+
+#[test]
+fn a_message_of_another_protocol_version_is_refused_not_forwarded() {
+    let mut r = SimRelay::new(4, 25, 1);
+    let mut inside = SimInside::new(1);
+    let (_, mut ka) = inside.open(addr(0));
+    ka[4] = 1;
+    assert_eq!(r.send(addr(0), &ka), (None, vec![]));
+    assert_eq!(r.relay.table().waiting(), 0, "not taken for a client");
+    assert_eq!(r.relay.drops().badauth.get(), 1);
+}
+
+#[test]
+fn a_bad_mac_while_the_inside_agent_works_is_counted_as_forged_and_unanswered() {
+    let mut r = SimRelay::new(4, 25, 1);
+    let mut inside = SimInside::new(1);
+    r.register(&mut inside, addr(0));
+    let forged = Key::new(b"guess").seal(&rut::protocol::Message::new(
+        Kind::Keepalive,
+        inside.instance(),
+        9,
+        1,
+    ));
+    assert_eq!(r.send(addr(5), &forged), (None, vec![]));
+    assert_eq!(
+        (r.relay.admissions().forged, r.relay.drops().badauth.get()),
+        (1, 0)
+    );
+    // Once the agent has been silent for two intervals, a bad MAC points at its key again.
+    r.advance(secs(51));
+    assert_eq!(r.send(addr(5), &forged).1.len(), 1, "authfail notice");
+    assert_eq!(r.relay.drops().badauth.get(), 1);
+}
+
+// ---- --wireguard: WireGuard's own admission checks ---------------------------------------------------------
+
+const SERVER_KEY: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+
+fn initiation(n: u32, cookie: Option<&[u8; 16]>) -> [u8; wireguard::INITIATION_LEN] {
+    let mut m = [0u8; wireguard::INITIATION_LEN];
+    m[0] = 1;
+    m[4..8].copy_from_slice(&n.to_le_bytes());
+    m[8..12].copy_from_slice(&n.to_be_bytes());
+    wireguard::client_macs(&SERVER_KEY.parse().unwrap(), &mut m, cookie);
+    m
+}
+
+fn wg_relay(n: usize) -> (SimRelay, SimInside) {
+    let mut r = SimRelay::new(n, 25, 1);
+    let pk: wireguard::PublicKey = SERVER_KEY.parse().unwrap();
+    let relay = std::mem::replace(&mut r.relay, SimRelay::new(n, 25, 1).relay);
+    r.relay = relay.with_wireguard(wireguard::Admission::new(&pk, [5; 32], r.now));
+    let mut inside = SimInside::new(1);
+    for i in 0..n {
+        r.register(&mut inside, addr(i));
+    }
+    (r, inside)
+}
+
+#[test]
+fn with_wireguard_only_an_initiation_with_a_valid_mac1_gets_a_tunnel() {
+    let (mut r, _) = wg_relay(4);
+    assert_eq!(r.send(addr(50), b"garbage"), (None, vec![]));
+    let mut bad = initiation(1, None);
+    bad[20] ^= 1;
+    assert_eq!(r.send(addr(51), &bad), (None, vec![]));
+    let good = initiation(2, None);
+    assert_eq!(r.send(addr(52), &good).0, Some(addr(0)));
+    assert_eq!(
+        r.send(addr(53), &good),
+        (None, vec![]),
+        "replayed from elsewhere"
+    );
+    let a = r.relay.admissions();
+    assert_eq!((a.not_initiation, a.bad_mac1, a.replayed), (1, 1, 1));
+    assert_eq!(r.relay.table().active(), 1);
+    // The admitted client's later datagrams (transport data) flow as usual.
+    assert_eq!(r.send(addr(52), &[4u8; 64]).0, Some(addr(0)));
+}
+
+#[test]
+fn with_wireguard_under_load_a_source_must_answer_a_cookie_reply_at_its_address() {
+    let (mut r, _) = wg_relay(8);
+    for i in 0..7 {
+        assert_eq!(
+            r.send(addr(50 + i), &initiation(i as u32, None)).0,
+            Some(addr(i))
+        );
+    }
+    // Seven of eight tunnels in use: under load. The next initiation gets a cookie reply, smaller than it.
+    let first = initiation(10, None);
+    let (fwd, out) = r.send(addr(60), &first);
+    assert_eq!(fwd, None);
+    let reply = only(&out, addr(60));
+    assert!(reply.len() < first.len());
+    let pk = SERVER_KEY.parse().unwrap();
+    let cookie = wireguard::client_open_cookie(&pk, &reply, &first).expect("a real cookie reply");
+    // A retry with mac2 from another address does not verify there; from the address it does.
+    let (fwd, _) = r.send(addr(61), &initiation(11, Some(&cookie)));
+    assert_eq!(fwd, None);
+    assert_eq!(
+        r.send(addr(60), &initiation(12, Some(&cookie))).0,
+        Some(addr(7))
+    );
+    assert_eq!(r.relay.admissions().cookies, 2);
+}
+
+/// A WireGuard client that roams (its NAT gives it a new address) sends transport data from an address the relay
+/// does not know: dropped, no state. WireGuard recovers on its own: a client that hears nothing back for 15 s
+/// (keepalive timeout + rekey timeout) sends a new handshake initiation, which gets a tunnel at the new address.
+#[test]
+fn with_wireguard_a_roaming_clients_transport_data_is_dropped_until_its_next_handshake() {
+    let (mut r, _) = wg_relay(4);
+    assert_eq!(r.send(addr(50), &initiation(1, None)).0, Some(addr(0)));
+    assert_eq!(r.send(addr(51), &[4u8; 96]), (None, vec![]));
+    assert_eq!(r.relay.admissions().not_initiation, 1);
+    assert_eq!(r.send(addr(51), &initiation(2, None)).0, Some(addr(1)));
 }

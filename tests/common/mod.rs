@@ -22,7 +22,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_reverse-udp-tunnel");
 pub const KEY: &str = "e2e-shared-secret";
 /// Every control message is this long and starts with this magic and version (src/protocol.rs).
 pub const CONTROL_LEN: usize = 84;
-pub const MAGIC: [u8; 5] = [0xff, b'R', b'U', b'T', 1];
+pub const MAGIC: [u8; 5] = [0xff, b'R', b'U', b'T', 2];
 /// Control message kinds (byte 5).
 pub const KEEPALIVE: u8 = 1;
 pub const RESPONSE: u8 = 3;

@@ -2,7 +2,7 @@
 //! challenges as the real one does, clients, and a seeded random generator. No sockets, no sleeps.
 #![allow(dead_code)] // each test binary uses its own part
 
-use rut::protocol::{Identity, Instance, Key, Kind, Message, LEN};
+use rut::protocol::{Identity, Instance, Key, Kind, Message, Shared, LEN};
 use rut::relay::{Relay, Settings, Transmit};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,9 +84,15 @@ pub struct SimInside {
 }
 
 impl SimInside {
+    /// An agent that says no settings (the relay then uses its own).
     pub fn new(instance: u8) -> SimInside {
+        SimInside::saying(instance, Shared::default())
+    }
+
+    /// An agent that says `shared` in every message.
+    pub fn saying(instance: u8, shared: Shared) -> SimInside {
         SimInside {
-            identity: Arc::new(Identity::new(KEY, Instance([instance; 16]))),
+            identity: Arc::new(Identity::new(KEY, Instance([instance; 16]), shared)),
             tunnels: Vec::new(),
             next_id: 1,
         }
@@ -114,7 +120,7 @@ impl SimInside {
 
     pub fn keepalive(&self, id: u32) -> [u8; LEN] {
         let active = self.tunnel(id).is_some_and(|t| t.active);
-        self.identity.seal(Kind::Keepalive, id, active, [0; 16])
+        self.identity.seal(Kind::Keepalive, id, active, [0; 8])
     }
 
     pub fn close(&mut self, id: u32) -> Option<(SocketAddr, [u8; LEN])> {
@@ -122,7 +128,7 @@ impl SimInside {
         let t = self.tunnels.remove(i);
         Some((
             t.addr,
-            self.identity.seal(Kind::Close, id, t.active, [0; 16]),
+            self.identity.seal(Kind::Close, id, t.active, [0; 8]),
         ))
     }
 
