@@ -55,8 +55,6 @@ pub struct Config {
     pub wireguard: Option<crate::wireguard::PublicKey>,
 }
 
-// Made once per process: boxing the big variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
 impl Config {
     /// The settings both sides must share, as said in every control message.
     pub fn shared(&self) -> crate::protocol::Shared {
@@ -67,6 +65,8 @@ impl Config {
     }
 }
 
+// Made once per process: boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     /// The configuration, and warnings to log once the logger is set up (a short key, an open key file).
