@@ -331,14 +331,19 @@ pub struct Echo {
 
 impl Echo {
     pub fn v4() -> Echo {
-        Echo::on("127.0.0.1:0")
+        Echo::on("127.0.0.1:0", b"")
     }
 
     pub fn v6() -> Echo {
-        Echo::on("[::1]:0")
+        Echo::on("[::1]:0", b"")
     }
 
-    fn on(bind: &str) -> Echo {
+    /// A service that, like WireGuard, answers only what it can verify: here, datagrams starting with `prefix`.
+    pub fn answering_only(prefix: &'static [u8]) -> Echo {
+        Echo::on("127.0.0.1:0", prefix)
+    }
+
+    fn on(bind: &str, prefix: &'static [u8]) -> Echo {
         let sock = UdpSocket::bind(bind).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
@@ -351,7 +356,9 @@ impl Echo {
             while !s.load(SeqCst) {
                 if let Ok((n, from)) = sock.recv_from(&mut buf) {
                     p.lock().unwrap().insert(from);
-                    let _ = sock.send_to(&buf[..n], from);
+                    if buf[..n].starts_with(prefix) {
+                        let _ = sock.send_to(&buf[..n], from);
+                    }
                 }
             }
         });
