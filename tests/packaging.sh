@@ -64,7 +64,7 @@ for opt in $contract $(cat "$tmp/help-options"); do
 done
 ok "man page names every option of the contract and of --help ($(wc -l <"$tmp/help-options") tokens)"
 for section in NAME SYNOPSIS DESCRIPTION OPTIONS SECURITY EXAMPLES ENVIRONMENT FILES 'EXIT STATUS' \
-	SIGNALS 'STATUS LINE' 'SEE ALSO'; do
+	SIGNALS 'STATUS LINE' TROUBLESHOOTING 'SEE ALSO'; do
 	grep -qE "^ *$section\$" "$tmp/man.txt" || die "man page has no section $section"
 done
 ok "man page has all sections"
