@@ -766,3 +766,34 @@ fn after_an_outage_longer_than_two_keepalive_intervals_spares_register_again_at_
     assert!(back.elapsed() < Duration::from_secs(4));
     Client::new(relay_addr).assert_served(b"served after the outage");
 }
+
+/// Issue: relay `--keepaliveInterval 2`, inside 10 — the relay forgot tunnels carrying clients every few seconds
+/// and only INFO lines said so. Now both sides say their settings in every message: the relay keeps the inside
+/// agent's tunnels by its interval, and warns once that they differ. (Here 1 s against 3 s, to keep it short.)
+#[test]
+fn a_relay_with_a_shorter_keepalive_interval_follows_the_inside_agents_and_warns_once() {
+    let echo = Echo::v4();
+    let (relay, relay_addr) = relay("127.0.0.1", &["--keepaliveInterval", "1", "-n", "5"]);
+    let inside = inside(
+        echo.addr,
+        relay_addr,
+        &["--keepaliveInterval", "3", "-n", "3"],
+    );
+    inside.wait_for_log("registered at the relay", SOON);
+    let c = Client::new(relay_addr);
+    c.assert_served(b"first");
+    let line = relay.lines(&client_line(&c)).pop().expect("a client line");
+    // Idle 2.5 s at a time: longer than the relay's own 2 x 1 s (an active tunnel's data would refresh it).
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_millis(2500));
+        c.assert_served(format!("still here {i}").as_bytes());
+    }
+    assert_eq!(relay.count("forgotten"), 0, "{}", relay.log());
+    assert_eq!(
+        relay.lines(&client_line(&c)),
+        vec![line],
+        "the same tunnel all along"
+    );
+    assert_eq!(relay.count("keepalive interval is 3s, ours 1s"), 1);
+    assert_eq!(relay.count("-n is 3, ours 5: serving at most 3 clients"), 1);
+}
