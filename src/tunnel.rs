@@ -105,23 +105,8 @@ pub struct Tunnel {
     pub drops: Arc<Drops>,
 }
 
-/// glibc gives threads that allocate their own malloc arenas, up to 8 per core, each a few dozen touched pages;
-/// tunnel threads allocate only now and then (an event to the coordinator, a keepalive probe), so one shared
-/// arena costs them nothing and saves about 1 MiB at 1000 tunnels. musl has no arenas.
-fn one_malloc_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        // SAFETY: mallopt only tunes the allocator; called before any tunnel thread exists.
-        ONCE.call_once(|| unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        });
-    }
-}
-
 impl Tunnel {
     pub fn spawn(self) -> std::io::Result<()> {
-        one_malloc_arena();
         std::thread::Builder::new()
             .name(format!("tunnel-{}", self.id))
             .stack_size(STACK)
@@ -147,11 +132,13 @@ impl Tunnel {
             if self.ctl.stopped() {
                 return;
             }
-            if let Some(addr) = self.ctl.new_relay() {
-                self.relay = addr;
-            }
             match batch.recv(&self.sock) {
-                Ok(_) => {}
+                // After the receive: the datagram that woke us may come from a relay address set meanwhile.
+                Ok(_) => {
+                    if let Some(addr) = self.ctl.new_relay() {
+                        self.relay = addr;
+                    }
+                }
                 Err(e) if net::is_timeout(&e) => {
                     if active && last_traffic.elapsed() >= self.idle_timeout {
                         return self.report(Event::Idle);
