@@ -546,8 +546,8 @@ impl<'a> Tx<'a> {
     /// Queue one datagram to `to`.
     pub fn push(&mut self, to: SocketAddr, data: Parts<'a>) {
         let len = data.len();
-        // An empty datagram is a message with no iovec at all.
-        let pieces = !data.0.is_empty() as usize + !data.1.is_empty() as usize;
+        // An empty datagram is one empty iovec: qemu-user silently sends nothing for a message without any.
+        let pieces = (!data.0.is_empty() as usize + !data.1.is_empty() as usize).max(1);
         let most = Layout::send_iovs(self.shape);
         let st = &*self.st;
         let joins = self.offload.gso
@@ -564,7 +564,12 @@ impl<'a> Tx<'a> {
             }
             self.open(to, len);
         }
-        for piece in [data.0, data.1].into_iter().filter(|p| !p.is_empty()) {
+        let empty = len == 0;
+        for piece in [data.0, data.1]
+            .into_iter()
+            .filter(|p| empty || !p.is_empty())
+            .take(pieces)
+        {
             // SAFETY: st.iovs < send_iovs (checked above); the bytes live for 'a.
             unsafe {
                 *self.iov(self.st.iovs) = libc::iovec {
