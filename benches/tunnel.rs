@@ -116,25 +116,29 @@ fn run() -> Res<()> {
     let mut per_datagram = vec![Vec::new(); LOADS.len()]; // (relay, inside) CPU µs per forwarded datagram
     let mut mem = None;
     for rep in 1..=REPS {
+        let everyone = [std::process::id(), tun.relay.pid(), tun.inside.pid()];
         for (p, sock) in [&direct_lat, &tunnel_lat].into_iter().enumerate() {
+            // Where a tail comes from: time our threads spent runnable but waiting for a CPU (schedstat),
+            // and when the slow round trips happened (a periodic cause would show as a period).
+            let waited = run_queue_wait_ns(&everyone);
             let l = latency(sock).map_err(|e| format!("{} latency: {e}", PATH[p]))?;
+            let waited = (run_queue_wait_ns(&everyone) - waited) as f64 / 1e3 / l.count as f64;
             println!(
-                "rep {rep} {:6} RTT p50 {:7.1} µs  p99 {:7.1} µs  p999 {:7.1} µs  lost {}",
-                PATH[p], l.p50, l.p99, l.p999, l.lost
+                "rep {rep} {:6} RTT p50 {:7.1} µs  p99 {:7.1} µs  p999 {:7.1} µs  lost {}; waiting for a CPU {waited:.1} µs per round trip; over 1 ms: {}",
+                PATH[p], l.p50, l.p99, l.p999, l.lost, l.slow_summary()
             );
             lat[p].push(l);
         }
         // Diagnostic: the same with the harness and both agents on CPU 0. Cross-CPU wake-ups of an idle vCPU
         // (on this VM: guest_halt_poll_ns = 0, every idle vCPU halts) then cannot happen, and the ratio shows
         // what the path itself costs: 6 hops against 2.
-        let everyone = [std::process::id(), tun.relay.pid(), tun.inside.pid()];
         let all: Vec<usize> = (0..available_cpus()).collect(); // before pinning: it follows the mask
         everyone.iter().for_each(|&pid| set_affinity(pid, &[0]));
         for (p, sock) in [&direct_lat, &tunnel_lat].into_iter().enumerate() {
             let l = latency(sock).map_err(|e| format!("{} pinned latency: {e}", PATH[p]))?;
             println!(
-                "rep {rep} {:6} RTT p50 {:7.1} µs  p99 {:7.1} µs  p999 {:7.1} µs  lost {}  (all on CPU 0)",
-                PATH[p], l.p50, l.p99, l.p999, l.lost
+                "rep {rep} {:6} RTT p50 {:7.1} µs  p99 {:7.1} µs  p999 {:7.1} µs  lost {}  (all on CPU 0); over 1 ms: {}",
+                PATH[p], l.p50, l.p99, l.p999, l.lost, l.slow_summary()
             );
             pinned[p].push(l);
         }
@@ -566,6 +570,21 @@ struct Lat {
     p99: f64,
     p999: f64,
     lost: usize,
+    /// Round trips measured, and the slow ones: (ms since the first, RTT ms).
+    count: usize,
+    slow: Vec<(f64, f64)>,
+}
+
+impl Lat {
+    fn slow_summary(&self) -> String {
+        let shown: Vec<String> = self
+            .slow
+            .iter()
+            .take(8)
+            .map(|(at, rtt)| format!("{rtt:.1} ms at {at:.0} ms"))
+            .collect();
+        format!("{} [{}]", self.slow.len(), shown.join(", "))
+    }
 }
 
 /// One client, ping-pong: LAT_WARMUP round trips, then LAT_SAMPLES timed ones (µs). A datagram not
@@ -575,7 +594,9 @@ fn latency(s: &UdpSocket) -> Res<Lat> {
     let (mut lost, mut seq) = (0, 0u64);
     let mut buf = [0u8; PAYLOAD];
     let mut rx = [0u8; 2048];
-    let end = Instant::now() + Duration::from_secs(30);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(30);
+    let mut slow = Vec::new();
     while samples.len() < LAT_SAMPLES && Instant::now() < end {
         seq += 1;
         buf[..8].copy_from_slice(&seq.to_le_bytes());
@@ -593,7 +614,13 @@ fn latency(s: &UdpSocket) -> Res<Lat> {
             }
         };
         match rtt {
-            Some(d) if seq > LAT_WARMUP as u64 => samples.push(d.as_secs_f64() * 1e6),
+            Some(d) if seq > LAT_WARMUP as u64 => {
+                if d > Duration::from_millis(1) {
+                    let at = t.duration_since(start).as_secs_f64() * 1e3;
+                    slow.push((at, d.as_secs_f64() * 1e3));
+                }
+                samples.push(d.as_secs_f64() * 1e6)
+            }
             Some(_) => {}
             None => lost += 1,
         }
@@ -610,6 +637,8 @@ fn latency(s: &UdpSocket) -> Res<Lat> {
         p50: pct(0.50),
         p99: pct(0.99),
         p999: pct(0.999),
+        count: samples.len(),
+        slow,
         lost,
     })
 }
@@ -928,6 +957,25 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// Nanoseconds the threads of these processes spent runnable but not running (field 2 of schedstat).
+fn run_queue_wait_ns(pids: &[u32]) -> u64 {
+    let mut sum = 0;
+    for pid in pids {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let stat = fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            sum += stat
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    sum
 }
 
 /// Voluntary + involuntary context switches of all threads of a process.

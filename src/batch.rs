@@ -95,6 +95,9 @@ pub struct Shape {
     pub msgs: usize,
     /// Pieces of datagrams per `sendmmsg` (a datagram is one, or two when it is bigger than `dense`).
     pub iovs: usize,
+    /// Queue up to `msgs` datagrams and group them by destination before sending (order per destination kept),
+    /// so that interleaved flows still make GSO trains. Needs `iovs >= 2 * msgs`.
+    pub group: bool,
 }
 
 impl Shape {
@@ -104,6 +107,7 @@ impl Shape {
         dense: 2048,
         msgs: 64,
         iovs: 256,
+        group: true,
     };
     /// An inside tunnel thread: a thousand of them, so everything but the overflow fits one page (3.4 KiB).
     /// 512 bytes per slot: a GRO train of 8 small datagrams fits, a 1400-byte one spills a page.
@@ -112,6 +116,7 @@ impl Shape {
         dense: 512,
         msgs: 4,
         iovs: 16,
+        group: false,
     };
 }
 
@@ -193,7 +198,15 @@ pub struct Batch {
     filled: usize,
     gro_on: bool,
     send: SendState,
+    /// Overflow pages written since they were last given back, and receives since one was last needed.
+    overflow_dirty: bool,
+    quiet: u32,
 }
+
+/// Receives without a big datagram after which the overflow pages go back to the kernel: a tunnel that carried a
+/// burst of big datagrams, or GRO trains, then only small ones, returns to one resident page. Once per this many
+/// receives at most, so mixed traffic does not pay a page fault per datagram.
+const QUIET_BEFORE_RELEASE: u32 = 64;
 
 /// The queued messages: the last one is still open to more segments.
 #[derive(Default)]
@@ -210,6 +223,14 @@ struct SendState {
     gso: Vec<u16>,
     /// Bytes owned by the queue until it is flushed (control messages built for this round).
     owned: Vec<Vec<u8>>,
+    /// Datagrams queued for grouping (Shape::group), as raw pieces that live for the Tx's lifetime.
+    items: Vec<Item>,
+}
+
+#[derive(Clone, Copy)]
+struct Item {
+    to: SocketAddr,
+    pieces: [(*const u8, usize); 2],
 }
 
 impl Batch {
@@ -239,9 +260,14 @@ impl Batch {
             offload,
             filled: 0,
             gro_on,
+            overflow_dirty: false,
+            quiet: 0,
             send: SendState::default(),
         };
         b.send.gso = Vec::with_capacity(shape.msgs);
+        if shape.group {
+            b.send.items = Vec::with_capacity(shape.msgs);
+        }
         b.wire_receive();
         Ok(b)
     }
@@ -335,6 +361,7 @@ impl Batch {
             };
             if n >= 0 {
                 self.filled = n as usize;
+                self.note_overflow();
                 return Ok(self.filled);
             }
             let e = io::Error::last_os_error();
@@ -345,6 +372,44 @@ impl Batch {
             }
             return Err(e);
         }
+    }
+
+    /// Track the overflow's use; give its pages back after enough receives without a big datagram.
+    fn note_overflow(&mut self) {
+        let dense = self.shape.dense;
+        let big = (0..self.filled).any(|i| {
+            let hdr = self.ptr::<libc::mmsghdr>(self.at.rhdr + i * size_of::<libc::mmsghdr>());
+            // SAFETY: a header inside the mapping, just filled by the kernel.
+            unsafe { (*hdr).msg_len as usize > dense }
+        });
+        if big {
+            self.overflow_dirty = true;
+            self.quiet = 0;
+        } else if self.overflow_dirty {
+            self.quiet += 1;
+            if self.quiet >= QUIET_BEFORE_RELEASE {
+                self.release_overflow();
+            }
+        }
+    }
+
+    /// Give the overflow pages back (they read as zeros and cost nothing until written again). Also for an idle
+    /// tunnel, from its timeout tick.
+    pub fn release_overflow(&mut self) {
+        if !self.overflow_dirty {
+            return;
+        }
+        let len = self.shape.slots * OVERFLOW;
+        // SAFETY: the overflow part of our own mapping; nothing borrows it (&mut self).
+        unsafe {
+            libc::madvise(
+                self.ptr::<u8>(self.at.overflow).cast(),
+                len,
+                libc::MADV_DONTNEED,
+            );
+        }
+        self.overflow_dirty = false;
+        self.quiet = 0;
     }
 
     /// What the last receive returned, and a send queue, usable together: datagrams can be forwarded without
@@ -545,6 +610,22 @@ impl<'a> Tx<'a> {
 
     /// Queue one datagram to `to`.
     pub fn push(&mut self, to: SocketAddr, data: Parts<'a>) {
+        if self.shape.group && self.offload.gso {
+            if self.st.items.len() == self.shape.msgs {
+                self.flush();
+            }
+            let piece = |p: &[u8]| (p.as_ptr(), p.len());
+            self.st.items.push(Item {
+                to,
+                pieces: [piece(data.0), piece(data.1)],
+            });
+        } else {
+            self.build(to, data);
+        }
+    }
+
+    /// Add a datagram to the messages: to the last one as a GSO segment where it fits, else as a new one.
+    fn build(&mut self, to: SocketAddr, data: Parts<'a>) {
         let len = data.len();
         // An empty datagram is one empty iovec: qemu-user silently sends nothing for a message without any.
         let pieces = (!data.0.is_empty() as usize + !data.1.is_empty() as usize).max(1);
@@ -630,6 +711,7 @@ impl<'a> Tx<'a> {
     /// Send everything queued. Partial sends continue with the rest; a message the kernel refuses is
     /// counted (per datagram) and skipped, the others still go.
     fn flush(&mut self) {
+        self.build_grouped();
         let n = self.st.msgs;
         if n == 0 {
             return;
@@ -684,6 +766,37 @@ impl<'a> Tx<'a> {
         st.to = None;
         st.gso.clear();
         st.owned.clear();
+    }
+
+    /// Build the queued items, grouped by destination. A stable sort keeps each destination's order; no message
+    /// limit can be reached here (at most `msgs` items, two iovecs each), so building never flushes.
+    fn build_grouped(&mut self) {
+        let n = self.st.items.len();
+        if n == 0 {
+            return;
+        }
+        let items = std::mem::take(&mut self.st.items);
+        let mut order = [0u8; 256];
+        debug_assert!(n <= order.len() && 2 * n <= Layout::send_iovs(self.shape));
+        for (i, o) in order.iter_mut().enumerate().take(n) {
+            *o = i as u8;
+        }
+        order[..n].sort_by_key(|&i| items[i as usize].to);
+        for &i in &order[..n] {
+            let it = items[i as usize];
+            // SAFETY: the pieces were borrowed for 'a when pushed.
+            let piece = |(p, l): (*const u8, usize)| -> &'a [u8] {
+                if l == 0 {
+                    &[]
+                } else {
+                    unsafe { std::slice::from_raw_parts(p, l) }
+                }
+            };
+            self.build(it.to, Parts(piece(it.pieces[0]), piece(it.pieces[1])));
+        }
+        let mut items = items;
+        items.clear();
+        self.st.items = items;
     }
 
     fn set_segment(&mut self, m: usize, seg: u16) {
@@ -1118,6 +1231,24 @@ mod tests {
                 assert_eq!(&buf[..n], &m[..], "{mode}");
             }
         }
+    }
+
+    /// Big datagrams touch the overflow; after enough small ones its pages are given back, and it still works.
+    #[test]
+    fn overflow_pages_are_given_back_after_small_traffic() {
+        let (a, b) = (socket(), socket());
+        let to = b.local_addr().unwrap();
+        let mut batch = Batch::new(&b, Shape::TUNNEL).unwrap();
+        a.send_to(&payload(1, 9000), to).unwrap();
+        assert_eq!(take(&mut batch, &b, 1)[0].1, payload(1, 9000));
+        assert!(batch.overflow_dirty);
+        for i in 0..QUIET_BEFORE_RELEASE as usize {
+            a.send_to(&payload(i, 10), to).unwrap();
+            take(&mut batch, &b, 1);
+        }
+        assert!(!batch.overflow_dirty);
+        a.send_to(&payload(2, 20000), to).unwrap();
+        assert_eq!(take(&mut batch, &b, 1)[0].1, payload(2, 20000));
     }
 
     #[test]

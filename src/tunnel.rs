@@ -115,6 +115,7 @@ impl Tunnel {
     }
 
     fn run(mut self) {
+        net::prefer_short_slices();
         let mut batch = match Batch::new(&self.sock, Shape::TUNNEL) {
             Ok(b) => b,
             Err(e) => return self.report(Event::Failed(Failure::Buffer(e))),
@@ -143,6 +144,7 @@ impl Tunnel {
                     if active && last_traffic.elapsed() >= self.idle_timeout {
                         return self.report(Event::Idle);
                     }
+                    batch.release_overflow();
                     continue;
                 }
                 Err(e) => return self.report(Event::Failed(Failure::Receive(e))),
