@@ -198,51 +198,6 @@ pub fn grow_receive_buffer(sock: &UdpSocket) {
         .or_else(|_| set_int_option(sock, libc::SOL_SOCKET, libc::SO_RCVBUF, size));
 }
 
-/// Ask the scheduler for short time slices for the calling thread (Linux 6.12+ EEVDF `sched_runtime`, no privilege
-/// needed, priority unchanged). A forwarding thread runs for microseconds per wake-up; with the default slice
-/// (about 3 ms here) a wake-up that lands on a CPU busy with some other process's long computation waits for that
-/// process's slice to end, which is the millisecond tail of the RTT on a busy machine. With a short slice the
-/// woken thread's deadline comes first, so it preempts at once. Older kernels ignore or refuse it: nothing else
-/// changes.
-pub fn prefer_short_slices() {
-    #[repr(C)]
-    struct SchedAttr {
-        size: u32,
-        policy: u32,
-        flags: u64,
-        nice: i32,
-        priority: u32,
-        runtime: u64,
-        deadline: u64,
-        period: u64,
-    }
-    // SAFETY: getpriority/sched_getscheduler/sched_setattr on the calling thread with a valid, sized struct.
-    unsafe {
-        if libc::sched_getscheduler(0) != libc::SCHED_OTHER {
-            return; // someone chose a policy for us (chrt): keep it
-        }
-        *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
-        if nice == -1 && *libc::__errno_location() != 0 {
-            return;
-        }
-        let attr = SchedAttr {
-            size: std::mem::size_of::<SchedAttr>() as u32,
-            policy: libc::SCHED_OTHER as u32,
-            flags: 0,
-            nice,
-            priority: 0,
-            runtime: SHORT_SLICE_NS,
-            deadline: 0,
-            period: 0,
-        };
-        libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0);
-    }
-}
-
-/// The shortest slice the kernel grants (it clamps requests to 0.1–100 ms).
-const SHORT_SLICE_NS: u64 = 100_000;
-
 /// Whether an error from a socket with a read timeout is just the timeout.
 pub fn is_timeout(e: &io::Error) -> bool {
     matches!(

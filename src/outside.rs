@@ -24,7 +24,6 @@ pub fn serve(
     status_every: Option<Duration>,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
-    net::prefer_short_slices();
     let mut batch = Batch::new(sock, Shape::RELAY)?;
     debug!("relay socket: {}", batch.offload());
     let mut out: Vec<Transmit> = Vec::new();

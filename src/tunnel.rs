@@ -115,7 +115,6 @@ impl Tunnel {
     }
 
     fn run(mut self) {
-        net::prefer_short_slices();
         let mut batch = match Batch::new(&self.sock, Shape::TUNNEL) {
             Ok(b) => b,
             Err(e) => return self.report(Event::Failed(Failure::Buffer(e))),
