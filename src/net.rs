@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket}
 use std::time::Duration;
 
 /// Takes any UDP payload: 65507 bytes over IPv4, a little more over IPv6.
-const BUF_LEN: usize = 65536;
+pub const BUF_LEN: usize = 65536;
 
 /// Resolve a name once. Several results: IPv4 first (a relay name with both records most often works on v4
 /// from behind a CG-NAT), unless the name itself is a bracketed IPv6 literal.
@@ -66,7 +66,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(sock)
 }
 
-fn set_int_option(
+pub(crate) fn set_int_option(
     sock: &UdpSocket,
     level: libc::c_int,
     opt: libc::c_int,
@@ -112,22 +112,23 @@ pub fn shown(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// A receive buffer that costs no resident memory until a datagram is written into it: a thousand idle
-/// tunnels must not hold a thousand touched 64 KiB buffers (fresh anonymous pages are shared zero pages).
-pub struct RecvBuf {
+/// Memory that costs nothing resident until it is written: a thousand idle tunnels must not hold a thousand
+/// touched 64 KiB receive buffers (fresh anonymous pages are the shared zero page until written).
+pub struct Mapped {
     ptr: *mut u8,
+    len: usize,
 }
 
-// The buffer is plain memory owned by one thread at a time.
-unsafe impl Send for RecvBuf {}
+// The mapping is plain memory owned by one thread at a time.
+unsafe impl Send for Mapped {}
 
-impl RecvBuf {
-    pub fn new() -> io::Result<RecvBuf> {
+impl Mapped {
+    pub fn new(len: usize) -> io::Result<Mapped> {
         // SAFETY: anonymous private mapping, checked for failure, unmapped exactly once in Drop.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                BUF_LEN,
+                len.max(1),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -137,29 +138,41 @@ impl RecvBuf {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(RecvBuf { ptr: p.cast() })
+        Ok(Mapped {
+            ptr: p.cast(),
+            len: len.max(1),
+        })
+    }
+
+    /// A receive buffer that takes any UDP payload.
+    pub fn datagram() -> io::Result<Mapped> {
+        Mapped::new(BUF_LEN)
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
     }
 }
 
-impl std::ops::Deref for RecvBuf {
+impl std::ops::Deref for Mapped {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: the mapping is BUF_LEN bytes, zero-filled by the kernel, alive as long as self.
-        unsafe { std::slice::from_raw_parts(self.ptr, BUF_LEN) }
+        // SAFETY: the mapping is len bytes, zero-filled by the kernel, alive as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
-impl std::ops::DerefMut for RecvBuf {
+impl std::ops::DerefMut for Mapped {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as above, and &mut self guarantees exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, BUF_LEN) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 
-impl Drop for RecvBuf {
+impl Drop for Mapped {
     fn drop(&mut self) {
         // SAFETY: ptr came from mmap with this length.
-        unsafe { libc::munmap(self.ptr.cast(), BUF_LEN) };
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -216,7 +229,7 @@ mod tests {
 
     #[test]
     fn recv_buf_is_zeroed_and_writable() {
-        let mut b = RecvBuf::new().unwrap();
+        let mut b = Mapped::datagram().unwrap();
         assert_eq!(b.len(), BUF_LEN);
         assert!(b.iter().all(|&x| x == 0));
         b[BUF_LEN - 1] = 1;

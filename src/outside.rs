@@ -2,9 +2,10 @@
 //! relay.rs; this file only receives, asks it, sends, and keeps time. The relay owns its table outright, so the
 //! data path takes no lock: receive, one hash lookup on the source address, send.
 
+use crate::batch::{Batch, Shape};
 use crate::cli::Config;
 use crate::logging;
-use crate::net::{self, RecvBuf};
+use crate::net;
 use crate::pace::Every;
 use crate::protocol::random_bytes;
 use crate::relay::{Relay, Settings, Transmit};
@@ -34,8 +35,10 @@ pub fn serve(
     status_every: Option<Duration>,
     flags: &Flags,
 ) -> std::io::Result<()> {
-    let mut buf = RecvBuf::new()?;
+    let mut batch = Batch::new(sock, Shape::RELAY)?;
+    debug!("relay socket: {}", batch.offload());
     let mut out: Vec<Transmit> = Vec::new();
+    let mut scratch = Vec::new();
     sock.set_read_timeout(Some(TICK))?;
     let mut tick = Every::new(TICK);
     let mut status = status_every.map(Every::new);
@@ -45,14 +48,24 @@ pub fn serve(
         s.start(start);
     }
     while !flags.stop.load(Relaxed) {
-        match sock.recv_from(&mut buf) {
-            Ok((n, src)) => {
+        match batch.recv(sock) {
+            Ok(_) => {
                 let now = Instant::now();
-                if let Some(dst) = relay.on_datagram(now, src, &buf[..n], &mut out) {
-                    send(relay, sock, &buf[..n], dst);
+                // Every datagram in arrival order; forwards and replies are queued in that order too, and go out
+                // together (one sendmmsg) before the next receive.
+                let (rx, mut tx) = batch.split(sock);
+                for d in rx.datagrams() {
+                    let parts = rx.parts(&d);
+                    let bytes = parts.contiguous(&mut scratch);
+                    if let Some(dst) = relay.on_datagram(now, d.src, bytes, &mut out) {
+                        tx.push(dst, parts);
+                    }
+                    for t in out.drain(..) {
+                        tx.push_owned(t.to, t.data);
+                    }
                 }
-                for t in out.drain(..) {
-                    send(relay, sock, &t.data, t.to);
+                for _ in 0..tx.finish() {
+                    relay.on_send_error();
                 }
             }
             Err(e) if net::is_timeout(&e) => {}
@@ -75,17 +88,6 @@ pub fn serve(
     }
     logging::status(&relay.status());
     Ok(())
-}
-
-fn send(relay: &mut Relay, sock: &UdpSocket, data: &[u8], dst: SocketAddr) {
-    if let Err(e) = sock.send_to(data, dst) {
-        relay.on_send_error();
-        debug!(
-            "send of {} bytes to {} failed: {e}",
-            data.len(),
-            net::shown(dst)
-        );
-    }
 }
 
 /// Bind the listening socket: a bare port means every address, IPv6 and IPv4 (falling back to IPv4 alone on a

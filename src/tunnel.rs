@@ -1,10 +1,12 @@
 //! One inside tunnel: one UDP socket, one thread, the whole inside data path.
 //!
 //! The same socket talks to the relay (through the NAT hole its keepalives keep open) and to the service (which
-//! so sees one distinct peer per client). Every datagram is one receive and one send; control messages from the
-//! relay go to the coordinator, which owns all decisions.
+//! so sees one distinct peer per client). A receive takes every datagram already queued (batch.rs) and their
+//! forwards leave together, in order; control messages from the relay go to the coordinator, which owns all
+//! decisions.
 
-use crate::net::{self, RecvBuf};
+use crate::batch::{Batch, Shape, Tx};
+use crate::net;
 use crate::protocol::{self, Identity, Kind, Message};
 use crate::stats::Drops;
 use crossbeam_channel::Sender;
@@ -113,7 +115,7 @@ impl Tunnel {
     }
 
     fn run(mut self) {
-        let mut buf = match RecvBuf::new() {
+        let mut batch = match Batch::new(&self.sock, Shape::TUNNEL) {
             Ok(b) => b,
             Err(e) => return self.report(Event::Failed(Failure::Buffer(e))),
         };
@@ -125,58 +127,68 @@ impl Tunnel {
         let mut active = false;
         let mut last_traffic = Instant::now();
         let mut last_probe = last_traffic;
+        let mut scratch = Vec::new();
         loop {
             if self.ctl.stopped() {
                 return;
             }
-            if let Some(addr) = self.ctl.new_relay() {
-                self.relay = addr;
-            }
-            let (n, src) = match self.sock.recv_from(&mut buf) {
-                Ok(r) => r,
+            match batch.recv(&self.sock) {
+                // After the receive: the datagram that woke us may come from a relay address set meanwhile.
+                Ok(_) => {
+                    if let Some(addr) = self.ctl.new_relay() {
+                        self.relay = addr;
+                    }
+                }
                 Err(e) if net::is_timeout(&e) => {
                     if active && last_traffic.elapsed() >= self.idle_timeout {
                         return self.report(Event::Idle);
                     }
+                    batch.release_overflow();
                     continue;
                 }
                 Err(e) => return self.report(Event::Failed(Failure::Receive(e))),
-            };
-            let data = &buf[..n];
+            }
             let now = Instant::now();
-            if src == self.relay {
-                if protocol::looks_like_control(data) {
-                    self.on_control(data);
-                    continue;
+            let (rx, mut tx) = batch.split(&self.sock);
+            for d in rx.datagrams() {
+                let parts = rx.parts(&d);
+                if d.src == self.relay {
+                    // Control messages are 84 bytes: always in the dense area, never copied.
+                    let data = parts.contiguous(&mut scratch);
+                    if protocol::looks_like_control(data) {
+                        self.on_control(data);
+                        continue;
+                    }
+                    if !active {
+                        active = true;
+                        self.report(Event::Activated);
+                    }
+                    last_traffic = now;
+                    tx.push(self.service, parts);
+                } else if d.src == self.service && active {
+                    if now.duration_since(last_probe) >= PROBE_EVERY {
+                        last_probe = now;
+                        self.probe(&mut tx);
+                    }
+                    last_traffic = now;
+                    tx.push(self.relay, parts);
+                } else if d.src == self.service {
+                    self.drops.unrouted.incr();
+                } else {
+                    self.drops.foreign.incr();
                 }
-                if !active {
-                    active = true;
-                    self.report(Event::Activated);
-                }
-                last_traffic = now;
-                self.forward(data, self.service);
-            } else if src == self.service && active {
-                if now.duration_since(last_probe) >= PROBE_EVERY {
-                    last_probe = now;
-                    self.forward(
-                        &self.identity.seal(Kind::Keepalive, self.id, true, [0; 8]),
-                        self.relay,
-                    );
-                }
-                last_traffic = now;
-                self.forward(data, self.relay);
-            } else if src == self.service {
-                self.drops.unrouted.incr();
-            } else {
-                self.drops.foreign.incr();
+            }
+            let failed = tx.finish();
+            if failed > 0 {
+                self.drops.senderr.add(failed as u64);
             }
         }
     }
 
-    fn forward(&self, data: &[u8], to: SocketAddr) {
-        if self.sock.send_to(data, to).is_err() {
-            self.drops.senderr.incr();
-        }
+    /// A keepalive ahead of service data, queued in order with it.
+    fn probe(&self, tx: &mut Tx) {
+        let msg = self.identity.seal(Kind::Keepalive, self.id, true, [0; 8]);
+        tx.push_owned(self.relay, msg.to_vec());
     }
 
     fn on_control(&self, data: &[u8]) {

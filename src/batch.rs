@@ -1,0 +1,1280 @@
+//! Many datagrams per system call: `recvmmsg`/`sendmmsg`, and UDP GSO/GRO where the kernel offers them.
+//!
+//! A receive blocks for the first datagram and takes, in the same call, whatever else is already queued
+//! (`MSG_WAITFORONE`): nothing waits for a batch to fill, a lone datagram is handled at once. Sends are queued in
+//! order and go out in one `sendmmsg` when the caller is done with what it received; consecutive datagrams of one
+//! size for one destination become one GSO message (`UDP_SEGMENT`), which the kernel (or the receiver's GRO)
+//! cuts back at exactly the same boundaries. With `UDP_GRO` on, one receive may return such a train; the
+//! `UDP_GRO` control message says where its datagrams end, and [`Received::datagrams`] yields them one by one.
+//!
+//! What the kernel offers is found once per process by trying each facility on loopback ([`offload`]); whatever
+//! fails there (an old kernel, qemu-user) is not used, and `RUT_PLAIN_IO=1` forces one datagram per call.
+//!
+//! Memory: one lazily touched mapping per [`Batch`] holds the message headers, a small dense area per slot that
+//! takes ordinary datagrams, and a 64 KiB overflow per slot (scattered into by the kernel) that is only touched
+//! by big datagrams or GRO trains. A tunnel thread's batch of 8 slots therefore costs one resident page for
+//! small datagrams, as the single receive buffer did before.
+
+// msghdr and cmsghdr field types differ between glibc and musl (size_t against int/socklen_t): the casts that
+// are no-ops on one are needed on the other.
+#![allow(clippy::unnecessary_cast)]
+
+use crate::net::{self, Mapped};
+use std::io;
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+// Not in the libc crate for every target; the values are the kernel's (include/uapi/linux/udp.h).
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Segments in one GSO send: the kernel's UDP_MAX_SEGMENTS was 64 until 6.x raised it; 64 works everywhere.
+const MAX_SEGMENTS: usize = 64;
+/// Payload bytes in one GSO send: the IP length field (65535) less the IPv6 and UDP headers, rounded down.
+const MAX_GSO_BYTES: usize = 65_000;
+/// Each slot can take any datagram (or GRO train) in its dense area plus this overflow.
+const OVERFLOW: usize = net::BUF_LEN;
+
+/// What this kernel offers, as found by [`offload`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offload {
+    /// `recvmmsg` and `sendmmsg`.
+    pub mmsg: bool,
+    /// `UDP_SEGMENT` on send.
+    pub gso: bool,
+    /// `UDP_GRO` on receive, with its control message.
+    pub gro: bool,
+}
+
+impl Offload {
+    /// One datagram per system call: the path every kernel has.
+    pub const PLAIN: Offload = Offload {
+        mmsg: false,
+        gso: false,
+        gro: false,
+    };
+}
+
+impl std::fmt::Display for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let on = |b: bool| if b { "on" } else { "off" };
+        write!(
+            f,
+            "recvmmsg/sendmmsg {}, GSO {}, GRO {}",
+            on(self.mmsg),
+            on(self.gso),
+            on(self.gro)
+        )
+    }
+}
+
+/// What the kernel offers, tried once per process on a pair of loopback sockets. `RUT_PLAIN_IO` set (to
+/// anything but 0) forces the plain path.
+pub fn offload() -> Offload {
+    static FOUND: OnceLock<Offload> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        if std::env::var_os("RUT_PLAIN_IO").is_some_and(|v| v != "0") {
+            Offload::PLAIN
+        } else {
+            probe::run()
+        }
+    })
+}
+
+/// How many datagrams one batch moves, and how much of each is kept in the dense area.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// Datagrams (or GRO trains) per receive.
+    pub slots: usize,
+    /// Bytes of each slot in the dense area; the rest of a bigger datagram goes to the slot's overflow.
+    pub dense: usize,
+    /// Messages per `sendmmsg` (a GSO train is one message); more queued sends flush early.
+    pub msgs: usize,
+    /// Pieces of datagrams per `sendmmsg` (a datagram is one, or two when it is bigger than `dense`).
+    pub iovs: usize,
+    /// Queue up to `msgs` datagrams and group them by destination before sending (order per destination kept),
+    /// so that interleaved flows still make GSO trains. Needs `iovs >= 2 * msgs`.
+    pub group: bool,
+}
+
+impl Shape {
+    /// The relay: one thread for every client and tunnel, so deep batches; memory is not the concern there.
+    pub const RELAY: Shape = Shape {
+        slots: 64,
+        dense: 2048,
+        msgs: 64,
+        iovs: 256,
+        group: true,
+    };
+    /// An inside tunnel thread: a thousand of them, so everything but the overflow fits one page (3.4 KiB).
+    /// 512 bytes per slot: a GRO train of 8 small datagrams fits, a 1400-byte one spills a page.
+    pub const TUNNEL: Shape = Shape {
+        slots: 4,
+        dense: 512,
+        msgs: 4,
+        iovs: 16,
+        group: false,
+    };
+}
+
+/// A socket address as the kernel reads and writes it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+union Name {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+/// Room for one `UDP_SEGMENT`/`UDP_GRO` control message (an int; the kernel writes a u16 for GSO).
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Ctrl([u8; 32]);
+
+/// Where each array lives in the mapping.
+struct Layout {
+    rhdr: usize,
+    riov: usize,
+    rname: usize,
+    rctrl: usize,
+    shdr: usize,
+    siov: usize,
+    sname: usize,
+    sctrl: usize,
+    dense: usize,
+    overflow: usize,
+    len: usize,
+}
+
+impl Layout {
+    fn of(s: Shape) -> Layout {
+        fn put<T>(at: &mut usize, n: usize) -> usize {
+            let start = at.next_multiple_of(align_of::<T>());
+            *at = start + n * size_of::<T>();
+            start
+        }
+        let mut at = 0;
+        let rhdr = put::<libc::mmsghdr>(&mut at, s.slots);
+        let riov = put::<libc::iovec>(&mut at, 2 * s.slots);
+        let rname = put::<Name>(&mut at, s.slots);
+        let rctrl = put::<Ctrl>(&mut at, s.slots);
+        let shdr = put::<libc::mmsghdr>(&mut at, s.msgs);
+        let siov = put::<libc::iovec>(&mut at, Self::send_iovs(s));
+        let sname = put::<Name>(&mut at, s.msgs);
+        let sctrl = put::<Ctrl>(&mut at, s.msgs);
+        let dense = put::<u8>(&mut at, s.slots * s.dense);
+        let overflow = at.next_multiple_of(4096);
+        let len = overflow + s.slots * OVERFLOW;
+        Layout {
+            rhdr,
+            riov,
+            rname,
+            rctrl,
+            shdr,
+            siov,
+            sname,
+            sctrl,
+            dense,
+            overflow,
+            len,
+        }
+    }
+
+    /// A datagram is at most two pieces (dense part, overflow part).
+    fn send_iovs(s: Shape) -> usize {
+        s.iovs.max(2)
+    }
+}
+
+/// One socket's receive slots and send queue, in one mapping.
+pub struct Batch {
+    mem: Mapped,
+    shape: Shape,
+    at: Layout,
+    offload: Offload,
+    /// Slots filled by the last receive.
+    filled: usize,
+    gro_on: bool,
+    send: SendState,
+    /// Overflow pages written since they were last given back, and receives since one was last needed.
+    overflow_dirty: bool,
+    quiet: u32,
+}
+
+/// Receives without a big datagram after which the overflow pages go back to the kernel: a tunnel that carried a
+/// burst of big datagrams, or GRO trains, then only small ones, returns to one resident page. Once per this many
+/// receives at most, so mixed traffic does not pay a page fault per datagram.
+const QUIET_BEFORE_RELEASE: u32 = 64;
+
+/// The queued messages: the last one is still open to more segments.
+#[derive(Default)]
+struct SendState {
+    msgs: usize,
+    iovs: usize,
+    /// Of the open message: destination, segment size, segments, bytes, and whether a short last segment closed it.
+    to: Option<SocketAddr>,
+    seg: usize,
+    segs: usize,
+    bytes: usize,
+    closed: bool,
+    /// Segment size of each queued message (0: a single datagram).
+    gso: Vec<u16>,
+    /// Bytes owned by the queue until it is flushed (control messages built for this round).
+    owned: Vec<Vec<u8>>,
+    /// Datagrams queued for grouping (Shape::group), as raw pieces that live for the Tx's lifetime.
+    items: Vec<Item>,
+}
+
+#[derive(Clone, Copy)]
+struct Item {
+    to: SocketAddr,
+    pieces: [(*const u8, usize); 2],
+}
+
+impl Batch {
+    /// A batch for `sock` with what [`offload`] found; turns GRO on for the socket where offered.
+    pub fn new(sock: &UdpSocket, shape: Shape) -> io::Result<Batch> {
+        Batch::with_offload(sock, shape, offload())
+    }
+
+    /// As [`Batch::new`], with chosen facilities (tests force the plain path with [`Offload::PLAIN`]).
+    pub fn with_offload(sock: &UdpSocket, shape: Shape, offload: Offload) -> io::Result<Batch> {
+        let shape = if offload.mmsg {
+            shape
+        } else {
+            Shape {
+                slots: 1,
+                msgs: 1,
+                ..shape
+            }
+        };
+        let at = Layout::of(shape);
+        let mem = Mapped::new(at.len)?;
+        let gro_on = offload.gro && net::set_int_option(sock, libc::SOL_UDP, UDP_GRO, 1).is_ok();
+        let mut b = Batch {
+            mem,
+            shape,
+            at,
+            offload,
+            filled: 0,
+            gro_on,
+            overflow_dirty: false,
+            quiet: 0,
+            send: SendState::default(),
+        };
+        b.send.gso = Vec::with_capacity(shape.msgs);
+        if shape.group {
+            b.send.items = Vec::with_capacity(shape.msgs);
+        }
+        b.wire_receive();
+        Ok(b)
+    }
+
+    pub fn offload(&self) -> Offload {
+        Offload {
+            gro: self.gro_on,
+            ..self.offload
+        }
+    }
+
+    fn ptr<T>(&self, offset: usize) -> *mut T {
+        // SAFETY: every offset comes from Layout::of, within the mapping and aligned for T.
+        unsafe { self.mem.as_ptr().cast_mut().add(offset).cast() }
+    }
+
+    /// Point every receive header at its iovecs, name and control buffer, once.
+    fn wire_receive(&mut self) {
+        for i in 0..self.shape.slots {
+            let dense = self.ptr::<u8>(self.at.dense + i * self.shape.dense);
+            let over = self.ptr::<u8>(self.at.overflow + i * OVERFLOW);
+            let iov = self.ptr::<libc::iovec>(self.at.riov + 2 * i * size_of::<libc::iovec>());
+            let hdr = self.ptr::<libc::mmsghdr>(self.at.rhdr + i * size_of::<libc::mmsghdr>());
+            // SAFETY: all pointers are inside the mapping (Layout), properly aligned, and owned by self.
+            unsafe {
+                *iov = libc::iovec {
+                    iov_base: dense.cast(),
+                    iov_len: self.shape.dense,
+                };
+                *iov.add(1) = libc::iovec {
+                    iov_base: over.cast(),
+                    iov_len: OVERFLOW,
+                };
+                let h = &mut (*hdr).msg_hdr;
+                h.msg_iov = iov;
+                h.msg_iovlen = 2;
+                h.msg_name = self
+                    .ptr::<Name>(self.at.rname + i * size_of::<Name>())
+                    .cast();
+                h.msg_control = self
+                    .ptr::<Ctrl>(self.at.rctrl + i * size_of::<Ctrl>())
+                    .cast();
+            }
+        }
+    }
+
+    /// Block (up to the socket's read timeout) for one datagram, and take what else is queued. Then look at
+    /// them with [`Batch::split`].
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        self.filled = 0;
+        for i in 0..self.shape.slots {
+            let hdr = self.ptr::<libc::mmsghdr>(self.at.rhdr + i * size_of::<libc::mmsghdr>());
+            // SAFETY: a header inside the mapping.
+            unsafe {
+                let h = &mut (*hdr).msg_hdr;
+                h.msg_namelen = size_of::<Name>() as libc::socklen_t;
+                h.msg_controllen = if self.gro_on {
+                    size_of::<Ctrl>() as _
+                } else {
+                    0
+                };
+                h.msg_flags = 0;
+                (*hdr).msg_len = 0;
+            }
+        }
+        let fd = sock.as_raw_fd();
+        let hdrs = self.ptr::<libc::mmsghdr>(self.at.rhdr);
+        loop {
+            let n = if self.offload.mmsg {
+                // SAFETY: `slots` wired headers; a null timeout (the socket's SO_RCVTIMEO applies).
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_recvmmsg,
+                        fd,
+                        hdrs,
+                        self.shape.slots as libc::c_uint,
+                        libc::MSG_WAITFORONE,
+                        std::ptr::null_mut::<libc::timespec>(),
+                    ) as isize
+                }
+            } else {
+                // SAFETY: the first wired header.
+                let r = unsafe { libc::recvmsg(fd, &mut (*hdrs).msg_hdr, 0) };
+                if r >= 0 {
+                    // SAFETY: as above.
+                    unsafe { (*hdrs).msg_len = r as libc::c_uint };
+                    1
+                } else {
+                    -1
+                }
+            };
+            if n >= 0 {
+                self.filled = n as usize;
+                self.note_overflow();
+                return Ok(self.filled);
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOSYS) && self.offload.mmsg {
+                // Not offered after all (seccomp, an emulator): one at a time from now on.
+                self.offload.mmsg = false;
+                continue;
+            }
+            return Err(e);
+        }
+    }
+
+    /// Track the overflow's use; give its pages back after enough receives without a big datagram.
+    fn note_overflow(&mut self) {
+        let dense = self.shape.dense;
+        let big = (0..self.filled).any(|i| {
+            let hdr = self.ptr::<libc::mmsghdr>(self.at.rhdr + i * size_of::<libc::mmsghdr>());
+            // SAFETY: a header inside the mapping, just filled by the kernel.
+            unsafe { (*hdr).msg_len as usize > dense }
+        });
+        if big {
+            self.overflow_dirty = true;
+            self.quiet = 0;
+        } else if self.overflow_dirty {
+            self.quiet += 1;
+            if self.quiet >= QUIET_BEFORE_RELEASE {
+                self.release_overflow();
+            }
+        }
+    }
+
+    /// Give the overflow pages back (they read as zeros and cost nothing until written again). Also for an idle
+    /// tunnel, from its timeout tick.
+    pub fn release_overflow(&mut self) {
+        if !self.overflow_dirty {
+            return;
+        }
+        let len = self.shape.slots * OVERFLOW;
+        // SAFETY: the overflow part of our own mapping; nothing borrows it (&mut self).
+        unsafe {
+            libc::madvise(
+                self.ptr::<u8>(self.at.overflow).cast(),
+                len,
+                libc::MADV_DONTNEED,
+            );
+        }
+        self.overflow_dirty = false;
+        self.quiet = 0;
+    }
+
+    /// What the last receive returned, and a send queue, usable together: datagrams can be forwarded without
+    /// a copy. The queue is sent when the returned [`Tx`] is finished or dropped.
+    pub fn split<'a>(&'a mut self, sock: &'a UdpSocket) -> (Received<'a>, Tx<'a>) {
+        let rx = Received {
+            mem: self.mem.as_ptr(),
+            shape: self.shape,
+            rhdr: self.at.rhdr,
+            dense: self.at.dense,
+            overflow: self.at.overflow,
+            filled: self.filled,
+            gro: self.gro_on,
+            _life: PhantomData,
+        };
+        let base = self.mem.as_mut_ptr();
+        let tx = Tx {
+            base,
+            shape: self.shape,
+            shdr: self.at.shdr,
+            siov: self.at.siov,
+            sname: self.at.sname,
+            sctrl: self.at.sctrl,
+            offload: &mut self.offload,
+            st: &mut self.send,
+            sock,
+            errors: 0,
+            _life: PhantomData,
+        };
+        (rx, tx)
+    }
+}
+
+/// The datagrams of the last receive (a read-only view of the batch).
+#[derive(Clone, Copy)]
+pub struct Received<'a> {
+    mem: *const u8,
+    shape: Shape,
+    rhdr: usize,
+    dense: usize,
+    overflow: usize,
+    filled: usize,
+    gro: bool,
+    _life: PhantomData<&'a [u8]>,
+}
+
+/// One received datagram: its source and where its bytes are.
+#[derive(Clone, Copy, Debug)]
+pub struct Datagram {
+    pub src: SocketAddr,
+    slot: usize,
+    off: usize,
+    pub len: usize,
+}
+
+/// A datagram's bytes in at most two pieces (dense area, then overflow).
+#[derive(Clone, Copy, Debug)]
+pub struct Parts<'a>(pub &'a [u8], pub &'a [u8]);
+
+impl<'a> Parts<'a> {
+    pub fn len(&self) -> usize {
+        self.0.len() + self.1.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes in one piece: borrowed when they are, else copied into `scratch`.
+    pub fn contiguous<'s>(&self, scratch: &'s mut Vec<u8>) -> &'s [u8]
+    where
+        'a: 's,
+    {
+        if self.1.is_empty() {
+            return self.0;
+        }
+        scratch.clear();
+        scratch.extend_from_slice(self.0);
+        scratch.extend_from_slice(self.1);
+        scratch
+    }
+}
+
+impl<'a> From<&'a [u8]> for Parts<'a> {
+    fn from(b: &'a [u8]) -> Parts<'a> {
+        Parts(b, &[])
+    }
+}
+
+impl<'a> Received<'a> {
+    fn hdr(&self, slot: usize) -> &'a libc::mmsghdr {
+        // SAFETY: a header inside the mapping, not written while this view lives.
+        unsafe {
+            &*self
+                .mem
+                .add(self.rhdr + slot * size_of::<libc::mmsghdr>())
+                .cast()
+        }
+    }
+
+    /// The received datagrams in order; a GRO train is cut into its datagrams.
+    pub fn datagrams(&self) -> impl Iterator<Item = Datagram> + 'a {
+        let this = *self;
+        (0..self.filled).flat_map(move |slot| {
+            let h = this.hdr(slot);
+            let total = h.msg_len as usize;
+            let seg = this.segment_size(slot).filter(|&g| g > 0).unwrap_or(total);
+            let src = name_to_addr(h.msg_hdr.msg_name.cast(), h.msg_hdr.msg_namelen);
+            let count = if total == 0 { 1 } else { total.div_ceil(seg) };
+            (0..count).filter_map(move |k| {
+                let off = k * seg;
+                Some(Datagram {
+                    src: src?,
+                    slot,
+                    off,
+                    len: seg.min(total - off),
+                })
+            })
+        })
+    }
+
+    /// The GRO segment size of a slot, if the kernel coalesced a train into it.
+    fn segment_size(&self, slot: usize) -> Option<usize> {
+        if !self.gro {
+            return None;
+        }
+        let h = &self.hdr(slot).msg_hdr;
+        if h.msg_controllen == 0 {
+            return None;
+        }
+        // SAFETY: the kernel filled msg_control (inside the mapping) with msg_controllen bytes of cmsgs.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    return usize::try_from(v).ok();
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        None
+    }
+
+    /// A datagram's bytes.
+    pub fn parts(&self, d: &Datagram) -> Parts<'a> {
+        let (d_len, start, end) = (self.shape.dense, d.off, d.off + d.len);
+        let dense_base = self.dense + d.slot * d_len;
+        let over_base = self.overflow + d.slot * OVERFLOW;
+        let piece = |base: usize, from: usize, to: usize| -> &'a [u8] {
+            if from >= to {
+                return &[];
+            }
+            // SAFETY: within the slot's area of the mapping, written by the last receive.
+            unsafe { std::slice::from_raw_parts(self.mem.add(base + from), to - from) }
+        };
+        Parts(
+            piece(dense_base, start.min(d_len), end.min(d_len)),
+            piece(over_base, start.max(d_len) - d_len, end.max(d_len) - d_len),
+        )
+    }
+}
+
+/// The send queue of one round. Queued bytes must live as long as the batch borrow (`'a`): received datagrams
+/// and the caller's own buffers do; built messages are handed over with [`Tx::push_owned`].
+pub struct Tx<'a> {
+    base: *mut u8,
+    shape: Shape,
+    shdr: usize,
+    siov: usize,
+    sname: usize,
+    sctrl: usize,
+    offload: &'a mut Offload,
+    st: &'a mut SendState,
+    sock: &'a UdpSocket,
+    errors: usize,
+    _life: PhantomData<&'a [u8]>,
+}
+
+impl<'a> Tx<'a> {
+    fn hdr(&self, m: usize) -> *mut libc::mmsghdr {
+        // SAFETY: m < shape.msgs, inside the mapping.
+        unsafe {
+            self.base
+                .add(self.shdr + m * size_of::<libc::mmsghdr>())
+                .cast()
+        }
+    }
+
+    fn iov(&self, i: usize) -> *mut libc::iovec {
+        // SAFETY: i < send_iovs, inside the mapping.
+        unsafe {
+            self.base
+                .add(self.siov + i * size_of::<libc::iovec>())
+                .cast()
+        }
+    }
+
+    /// Queue one datagram to `to`.
+    pub fn push(&mut self, to: SocketAddr, data: Parts<'a>) {
+        if self.shape.group && self.offload.gso {
+            if self.st.items.len() == self.shape.msgs {
+                self.flush();
+            }
+            let piece = |p: &[u8]| (p.as_ptr(), p.len());
+            self.st.items.push(Item {
+                to,
+                pieces: [piece(data.0), piece(data.1)],
+            });
+        } else {
+            self.build(to, data);
+        }
+    }
+
+    /// Add a datagram to the messages: to the last one as a GSO segment where it fits, else as a new one.
+    fn build(&mut self, to: SocketAddr, data: Parts<'a>) {
+        let len = data.len();
+        // An empty datagram is one empty iovec: qemu-user silently sends nothing for a message without any.
+        let pieces = (!data.0.is_empty() as usize + !data.1.is_empty() as usize).max(1);
+        let most = Layout::send_iovs(self.shape);
+        let st = &*self.st;
+        let joins = self.offload.gso
+            && st.to == Some(to)
+            && !st.closed
+            && len > 0
+            && len <= st.seg
+            && st.segs < MAX_SEGMENTS
+            && st.bytes + len <= MAX_GSO_BYTES
+            && st.iovs + pieces <= most;
+        if !joins {
+            if st.msgs == self.shape.msgs || st.iovs + pieces > most {
+                self.flush();
+            }
+            self.open(to, len);
+        }
+        let empty = len == 0;
+        for piece in [data.0, data.1]
+            .into_iter()
+            .filter(|p| empty || !p.is_empty())
+            .take(pieces)
+        {
+            // SAFETY: st.iovs < send_iovs (checked above); the bytes live for 'a.
+            unsafe {
+                *self.iov(self.st.iovs) = libc::iovec {
+                    iov_base: piece.as_ptr().cast_mut().cast(),
+                    iov_len: piece.len(),
+                };
+            }
+            self.st.iovs += 1;
+        }
+        let m = self.st.msgs - 1;
+        // SAFETY: the open message's header.
+        unsafe {
+            let h = &mut (*self.hdr(m)).msg_hdr;
+            h.msg_iovlen = (h.msg_iovlen as usize + pieces) as _;
+        }
+        if joins {
+            let st = &mut *self.st;
+            st.segs += 1;
+            st.bytes += len;
+            st.closed = len < st.seg;
+            st.gso[m] = st.seg as u16;
+        }
+    }
+
+    /// Queue bytes that the queue keeps until they are sent.
+    pub fn push_owned(&mut self, to: SocketAddr, data: Vec<u8>) {
+        // SAFETY: the Vec's heap buffer is kept in `owned` right after (it does not move when `owned` grows) and
+        // dropped only by the flush that sent it; a flush inside push happens before this datagram is queued.
+        let bytes: &'a [u8] = unsafe { std::slice::from_raw_parts(data.as_ptr(), data.len()) };
+        self.push(to, Parts(bytes, &[]));
+        self.st.owned.push(data);
+    }
+
+    fn open(&mut self, to: SocketAddr, len: usize) {
+        let m = self.st.msgs;
+        let name = self.base.wrapping_add(self.sname + m * size_of::<Name>());
+        let namelen = addr_to_name(to, name.cast());
+        let iov = self.iov(self.st.iovs);
+        // SAFETY: header m < shape.msgs, inside the mapping.
+        unsafe {
+            let h = &mut *self.hdr(m);
+            h.msg_hdr = std::mem::zeroed();
+            h.msg_hdr.msg_name = name.cast();
+            h.msg_hdr.msg_namelen = namelen;
+            h.msg_hdr.msg_iov = iov;
+            h.msg_len = 0;
+        }
+        let st = &mut *self.st;
+        st.msgs += 1;
+        st.gso.push(0);
+        st.to = Some(to);
+        st.seg = len.min(u16::MAX as usize);
+        st.segs = 1;
+        st.bytes = len;
+        st.closed = false;
+    }
+
+    /// Send everything queued. Partial sends continue with the rest; a message the kernel refuses is
+    /// counted (per datagram) and skipped, the others still go.
+    fn flush(&mut self) {
+        self.build_grouped();
+        let n = self.st.msgs;
+        if n == 0 {
+            return;
+        }
+        for m in 0..n {
+            let seg = self.st.gso[m];
+            if seg > 0 {
+                self.set_segment(m, seg);
+            }
+        }
+        let fd = self.sock.as_raw_fd();
+        let mut i = 0;
+        let mut interrupted = 0;
+        while i < n {
+            let r = if self.offload.mmsg {
+                // SAFETY: headers i..n are built and point at live bytes.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_sendmmsg,
+                        fd,
+                        self.hdr(i),
+                        (n - i) as libc::c_uint,
+                        0,
+                    ) as isize
+                }
+            } else {
+                // SAFETY: as above, one header.
+                let r = unsafe { libc::sendmsg(fd, &(*self.hdr(i)).msg_hdr, 0) };
+                if r >= 0 {
+                    1
+                } else {
+                    -1
+                }
+            };
+            if r > 0 {
+                i += r as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ENOSYS) if self.offload.mmsg => self.offload.mmsg = false,
+                Some(libc::EINTR) if interrupted < 8 => interrupted += 1,
+                _ => {
+                    self.refused(i, &e);
+                    i += 1;
+                }
+            }
+        }
+        let st = &mut *self.st;
+        st.msgs = 0;
+        st.iovs = 0;
+        st.to = None;
+        st.gso.clear();
+        st.owned.clear();
+    }
+
+    /// Build the queued items, grouped by destination. A stable sort keeps each destination's order; no message
+    /// limit can be reached here (at most `msgs` items, two iovecs each), so building never flushes.
+    fn build_grouped(&mut self) {
+        let n = self.st.items.len();
+        if n == 0 {
+            return;
+        }
+        let items = std::mem::take(&mut self.st.items);
+        let mut order = [0u8; 256];
+        debug_assert!(n <= order.len() && 2 * n <= Layout::send_iovs(self.shape));
+        for (i, o) in order.iter_mut().enumerate().take(n) {
+            *o = i as u8;
+        }
+        // Insertion sort: stable, at most 64 small items, and far smaller code than the std sort (the static
+        // router binaries have a size budget).
+        for k in 1..n {
+            let mut j = k;
+            while j > 0 && items[order[j - 1] as usize].to > items[order[j] as usize].to {
+                order.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+        for &i in &order[..n] {
+            let it = items[i as usize];
+            // SAFETY: the pieces were borrowed for 'a when pushed.
+            let piece = |(p, l): (*const u8, usize)| -> &'a [u8] {
+                if l == 0 {
+                    &[]
+                } else {
+                    unsafe { std::slice::from_raw_parts(p, l) }
+                }
+            };
+            self.build(it.to, Parts(piece(it.pieces[0]), piece(it.pieces[1])));
+        }
+        let mut items = items;
+        items.clear();
+        self.st.items = items;
+    }
+
+    fn set_segment(&mut self, m: usize, seg: u16) {
+        let ctrl = self.base.wrapping_add(self.sctrl + m * size_of::<Ctrl>());
+        // SAFETY: header m and its control buffer are inside the mapping; CMSG_* walk that buffer.
+        unsafe {
+            let h = &mut (*self.hdr(m)).msg_hdr;
+            h.msg_control = ctrl.cast();
+            h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+            let c = libc::CMSG_FIRSTHDR(h);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+        }
+    }
+
+    /// Message `m` was refused. A GSO train is retried datagram by datagram (the kernel may refuse GSO for this
+    /// route, e.g. a segment above its MTU, or no checksum offload), so one bad datagram never takes the others.
+    fn refused(&mut self, m: usize, e: &io::Error) {
+        let seg = self.st.gso[m] as usize;
+        if seg == 0 {
+            self.errors += 1;
+            log::trace!("send failed: {e}");
+            return;
+        }
+        if e.raw_os_error() == Some(libc::EIO) {
+            // No checksum offload on this path: GSO will not work for this socket.
+            self.offload.gso = false;
+        }
+        // SAFETY: header m and its iovecs are built; each datagram of the train is seg bytes (the last maybe
+        // fewer) in one or two consecutive iovecs.
+        unsafe {
+            let h = (*self.hdr(m)).msg_hdr;
+            let iovs = std::slice::from_raw_parts(h.msg_iov, h.msg_iovlen as usize);
+            let mut k = 0;
+            while k < iovs.len() {
+                let mut take = 1;
+                let mut len = iovs[k].iov_len;
+                while len < seg && k + take < iovs.len() {
+                    len += iovs[k + take].iov_len;
+                    take += 1;
+                }
+                let mut one: libc::msghdr = std::mem::zeroed();
+                one.msg_name = h.msg_name;
+                one.msg_namelen = h.msg_namelen;
+                one.msg_iov = h.msg_iov.add(k);
+                one.msg_iovlen = take as _;
+                if libc::sendmsg(self.sock.as_raw_fd(), &one, 0) < 0 {
+                    self.errors += 1;
+                }
+                k += take;
+            }
+        }
+    }
+
+    /// Send what is queued; the number of datagrams the kernel refused.
+    pub fn finish(mut self) -> usize {
+        self.flush();
+        self.errors
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        // Queued datagrams never stay behind (a caller that returns early still sends them); errors counted
+        // by `finish` only.
+        self.flush();
+    }
+}
+
+/// Write `addr` as a sockaddr at `name`; its length.
+fn addr_to_name(addr: SocketAddr, name: *mut Name) -> libc::socklen_t {
+    // SAFETY: name points at a Name inside the mapping; fully written before use.
+    unsafe {
+        match addr {
+            SocketAddr::V4(a) => {
+                let mut s: libc::sockaddr_in = std::mem::zeroed();
+                s.sin_family = libc::AF_INET as libc::sa_family_t;
+                s.sin_port = a.port().to_be();
+                s.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                (*name).v4 = s;
+                size_of::<libc::sockaddr_in>() as libc::socklen_t
+            }
+            SocketAddr::V6(a) => {
+                let mut s: libc::sockaddr_in6 = std::mem::zeroed();
+                s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                s.sin6_port = a.port().to_be();
+                s.sin6_addr.s6_addr = a.ip().octets();
+                s.sin6_flowinfo = a.flowinfo();
+                s.sin6_scope_id = a.scope_id();
+                (*name).v6 = s;
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t
+            }
+        }
+    }
+}
+
+/// The address the kernel wrote at `name`, as std's `recv_from` would report it.
+fn name_to_addr(name: *const Name, len: libc::socklen_t) -> Option<SocketAddr> {
+    if (len as usize) < size_of::<libc::sa_family_t>() {
+        return None;
+    }
+    // SAFETY: the kernel wrote `len` bytes of a sockaddr of the socket's family.
+    unsafe {
+        match (*name).v4.sin_family as libc::c_int {
+            libc::AF_INET => {
+                let s = (*name).v4;
+                let ip = Ipv4Addr::from(s.sin_addr.s_addr.to_ne_bytes());
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    ip,
+                    u16::from_be(s.sin_port),
+                )))
+            }
+            libc::AF_INET6 => {
+                let s = (*name).v6;
+                let ip = Ipv6Addr::from(s.sin6_addr.s6_addr);
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    ip,
+                    u16::from_be(s.sin6_port),
+                    s.sin6_flowinfo,
+                    s.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Finding out, on loopback, what works: each facility is used only if a datagram sent with it arrives exactly
+/// as sent (an emulator may accept a control message and ignore it, which would merge datagrams).
+mod probe {
+    use super::*;
+
+    pub fn run() -> Offload {
+        let Ok((a, b)) = pair() else {
+            return Offload::PLAIN;
+        };
+        let mmsg = mmsg(&a, &b);
+        let gso = mmsg && gso(&a, &b);
+        let gro = gso && gro(&a);
+        Offload { mmsg, gso, gro }
+    }
+
+    fn pair() -> io::Result<(UdpSocket, UdpSocket)> {
+        let a = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let b = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        b.set_read_timeout(Some(Duration::from_millis(500)))?;
+        a.connect(b.local_addr()?)?;
+        Ok((a, b))
+    }
+
+    /// Everything `to` receives until `want` datagrams came or a receive times out.
+    fn collect(
+        to: &UdpSocket,
+        shape: Shape,
+        offload: Offload,
+        want: usize,
+    ) -> Option<Vec<Vec<u8>>> {
+        let mut rx = Batch::with_offload(to, shape, offload).ok()?;
+        let mut got = Vec::new();
+        let mut scratch = Vec::new();
+        for _ in 0..want {
+            rx.recv(to).ok()?;
+            let (r, _tx) = rx.split(to);
+            for d in r.datagrams() {
+                got.push(r.parts(&d).contiguous(&mut scratch).to_vec());
+            }
+            if got.len() >= want {
+                break;
+            }
+        }
+        Some(got)
+    }
+
+    fn send(from: &UdpSocket, to: SocketAddr, offload: Offload, data: &[&[u8]]) -> bool {
+        let Ok(mut b) = Batch::with_offload(from, Shape::TUNNEL, offload) else {
+            return false;
+        };
+        let (_, mut tx) = b.split(from);
+        for d in data {
+            tx.push(to, Parts(d, &[]));
+        }
+        tx.finish() == 0
+    }
+
+    fn mmsg(a: &UdpSocket, b: &UdpSocket) -> bool {
+        let on = Offload {
+            mmsg: true,
+            ..Offload::PLAIN
+        };
+        let Ok(to) = b.local_addr() else { return false };
+        let Ok(mut t) = Batch::with_offload(a, Shape::TUNNEL, on) else {
+            return false;
+        };
+        let (_, mut tx) = t.split(a);
+        tx.push(to, Parts(&[1, 2, 3], &[]));
+        tx.push(to, Parts(&[4, 5], &[]));
+        tx.flush();
+        let sent = tx.errors == 0 && tx.offload.mmsg;
+        drop(tx);
+        sent && collect(b, Shape::TUNNEL, on, 2) == Some(vec![vec![1, 2, 3], vec![4, 5]])
+            && t.offload.mmsg
+    }
+
+    fn gso(a: &UdpSocket, b: &UdpSocket) -> bool {
+        let on = Offload {
+            mmsg: true,
+            gso: true,
+            gro: false,
+        };
+        let Ok(to) = b.local_addr() else { return false };
+        if net::set_int_option(a, libc::SOL_UDP, UDP_SEGMENT, 0).is_err() {
+            return false;
+        }
+        send(a, to, on, &[&[1, 2, 3], &[4, 5, 6], &[7]])
+            && collect(b, Shape::TUNNEL, Offload { gso: false, ..on }, 3)
+                == Some(vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]])
+    }
+
+    /// GRO on a fresh receiver: a GSO train must arrive as one buffer with its segment size, or not coalesced.
+    fn gro(a: &UdpSocket) -> bool {
+        let Ok(c) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else {
+            return false;
+        };
+        let Ok(to) = c.local_addr() else { return false };
+        if c.set_read_timeout(Some(Duration::from_millis(500)))
+            .is_err()
+        {
+            return false;
+        }
+        let on = Offload {
+            mmsg: true,
+            gso: true,
+            gro: true,
+        };
+        let Ok(mut rx) = Batch::with_offload(&c, Shape::TUNNEL, on) else {
+            return false;
+        };
+        if !rx.gro_on || !send(a, to, on, &[&[1, 2, 3], &[4, 5, 6], &[7]]) {
+            return false;
+        }
+        if rx.recv(&c).is_err() {
+            return false;
+        }
+        let (r, _tx) = rx.split(&c);
+        let first = r.hdr(0).msg_len;
+        let got: Vec<Vec<u8>> = r
+            .datagrams()
+            .map(|d| r.parts(&d).contiguous(&mut Vec::new()).to_vec())
+            .collect();
+        // Coalesced (7 bytes in the first slot) and cut back correctly: GRO works.
+        first == 7 && got == vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn socket() -> UdpSocket {
+        let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        net::grow_receive_buffer(&s);
+        s
+    }
+
+    /// Both the facilities this kernel offers and the plain path.
+    fn modes() -> [Offload; 2] {
+        [offload(), Offload::PLAIN]
+    }
+
+    /// Receive with a batch until `n` datagrams came (each receive waits at most 5 s).
+    fn take(b: &mut Batch, s: &UdpSocket, n: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut got = Vec::new();
+        let mut scratch = Vec::new();
+        while got.len() < n {
+            b.recv(s).expect("datagram within 5 s");
+            let (rx, _tx) = b.split(s);
+            for d in rx.datagrams() {
+                got.push((d.src, rx.parts(&d).contiguous(&mut scratch).to_vec()));
+            }
+        }
+        got
+    }
+
+    fn payload(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|k| (i * 31 + k * 7) as u8).collect()
+    }
+
+    const SIZES: [usize; 9] = [0, 1, 64, 191, 192, 193, 1400, 9000, 65507];
+
+    #[test]
+    fn offload_is_found_without_failing() {
+        // Whatever this kernel offers; what matters is that finding out neither fails nor hangs.
+        println!("{}", offload());
+    }
+
+    #[test]
+    fn receive_keeps_order_and_boundaries() {
+        for mode in modes() {
+            let (a, b) = (socket(), socket());
+            let to = b.local_addr().unwrap();
+            let sent: Vec<Vec<u8>> = (0..300)
+                .map(|i| payload(i, SIZES[i % SIZES.len()]))
+                .collect();
+            for p in &sent {
+                a.send_to(p, to).unwrap();
+            }
+            let mut batch = Batch::with_offload(&b, Shape::TUNNEL, mode).unwrap();
+            let got = take(&mut batch, &b, sent.len());
+            assert_eq!(got.len(), sent.len(), "{mode}");
+            for (i, (src, data)) in got.iter().enumerate() {
+                assert_eq!(*src, a.local_addr().unwrap());
+                assert_eq!(data, &sent[i], "datagram {i} ({mode})");
+            }
+        }
+    }
+
+    #[test]
+    fn a_lone_datagram_is_not_held_back() {
+        for mode in modes() {
+            let (a, b) = (socket(), socket());
+            let mut batch = Batch::with_offload(&b, Shape::RELAY, mode).unwrap();
+            let to = b.local_addr().unwrap();
+            let sender = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                a.send_to(b"alone", to).unwrap();
+            });
+            let t = Instant::now();
+            let got = take(&mut batch, &b, 1);
+            // The socket timeout is 5 s: a receive that waited for more would take that long.
+            assert!(t.elapsed() < Duration::from_secs(2), "{mode}");
+            assert_eq!(got[0].1, b"alone");
+            sender.join().unwrap();
+        }
+    }
+
+    /// Two destinations interleaved, runs of equal sizes (GSO trains where offered), odd sizes between.
+    #[test]
+    fn sends_keep_order_and_boundaries_per_destination() {
+        for mode in modes() {
+            let a = socket();
+            let (b, c) = (socket(), socket());
+            let (tb, tc) = (b.local_addr().unwrap(), c.local_addr().unwrap());
+            let mut plan: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+            for i in 0..200 {
+                let len = match i % 50 {
+                    0..20 => 1400,
+                    20 => 700,
+                    21..30 => 64,
+                    30 => 0,
+                    _ => SIZES[i % SIZES.len()],
+                };
+                let to = if i % 7 == 3 { tc } else { tb };
+                plan.push((to, payload(i, len)));
+            }
+            let mut batch = Batch::with_offload(&a, Shape::RELAY, mode).unwrap();
+            let (_, mut tx) = batch.split(&a);
+            for (to, p) in &plan {
+                tx.push(*to, Parts(p, &[]));
+            }
+            assert_eq!(tx.finish(), 0, "{mode}");
+            for (sock, to) in [(&b, tb), (&c, tc)] {
+                let want: Vec<&Vec<u8>> = plan.iter().filter(|p| p.0 == to).map(|p| &p.1).collect();
+                let mut buf = vec![0; 70000];
+                for (i, w) in want.iter().enumerate() {
+                    let n = sock.recv(&mut buf).expect("sent datagram arrives");
+                    assert_eq!(&buf[..n], &w[..], "datagram {i} to {to} ({mode})");
+                }
+            }
+        }
+    }
+
+    /// Trains sent with GSO, received with GRO where offered: cut back into the same datagrams; split ones
+    /// (dense + overflow) forwarded without a copy arrive whole.
+    #[test]
+    fn trains_survive_a_batch_to_batch_hop() {
+        for mode in modes() {
+            let (a, b, c) = (socket(), socket(), socket());
+            let sent: Vec<Vec<u8>> = (0..120)
+                .map(|i| payload(i, if i % 40 == 39 { 300 } else { 1400 }))
+                .collect();
+            let mut ab = Batch::with_offload(&a, Shape::RELAY, mode).unwrap();
+            let (_, mut tx) = ab.split(&a);
+            for p in &sent {
+                tx.push(b.local_addr().unwrap(), Parts(p, &[]));
+            }
+            assert_eq!(tx.finish(), 0);
+            // b forwards everything to c, as a tunnel does.
+            let mut bb = Batch::with_offload(&b, Shape::TUNNEL, mode).unwrap();
+            let mut forwarded = 0;
+            while forwarded < sent.len() {
+                bb.recv(&b).expect("datagram within 5 s");
+                let (rx, mut tx) = bb.split(&b);
+                for d in rx.datagrams() {
+                    tx.push(c.local_addr().unwrap(), rx.parts(&d));
+                    forwarded += 1;
+                }
+                assert_eq!(tx.finish(), 0);
+            }
+            let mut cb = Batch::with_offload(&c, Shape::TUNNEL, mode).unwrap();
+            let got = take(&mut cb, &c, sent.len());
+            let got: Vec<Vec<u8>> = got.into_iter().map(|g| g.1).collect();
+            assert_eq!(got, sent, "{mode}");
+        }
+    }
+
+    /// A datagram the kernel refuses (here: an IPv6 destination on an IPv4 socket, sent nowhere) is counted
+    /// and skipped; the ones after it still go, in order (sendmmsg stops at the refused one: a partial send).
+    #[test]
+    fn a_refused_datagram_does_not_take_the_others() {
+        for mode in modes() {
+            let (a, b) = (socket(), socket());
+            let to = b.local_addr().unwrap();
+            let bad: SocketAddr = "[::1]:9".parse().unwrap();
+            let msgs: Vec<Vec<u8>> = (0..12).map(|i| payload(i, 100)).collect();
+            let mut batch = Batch::with_offload(&a, Shape::RELAY, mode).unwrap();
+            let (_, mut tx) = batch.split(&a);
+            for (i, m) in msgs.iter().enumerate() {
+                let dst = if i == 4 || i == 5 || i == 9 { bad } else { to };
+                tx.push(dst, Parts(m, &[]));
+            }
+            assert_eq!(tx.finish(), 3, "{mode}");
+            let mut buf = [0u8; 200];
+            for (i, m) in msgs.iter().enumerate() {
+                if i == 4 || i == 5 || i == 9 {
+                    continue;
+                }
+                let n = b.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &m[..], "{mode}");
+            }
+        }
+    }
+
+    /// Big datagrams touch the overflow; after enough small ones its pages are given back, and it still works.
+    #[test]
+    fn overflow_pages_are_given_back_after_small_traffic() {
+        let (a, b) = (socket(), socket());
+        let to = b.local_addr().unwrap();
+        let mut batch = Batch::new(&b, Shape::TUNNEL).unwrap();
+        a.send_to(&payload(1, 9000), to).unwrap();
+        assert_eq!(take(&mut batch, &b, 1)[0].1, payload(1, 9000));
+        assert!(batch.overflow_dirty);
+        for i in 0..QUIET_BEFORE_RELEASE as usize {
+            a.send_to(&payload(i, 10), to).unwrap();
+            take(&mut batch, &b, 1);
+        }
+        assert!(!batch.overflow_dirty);
+        a.send_to(&payload(2, 20000), to).unwrap();
+        assert_eq!(take(&mut batch, &b, 1)[0].1, payload(2, 20000));
+    }
+
+    #[test]
+    fn more_than_a_batch_of_sends_flushes_early_and_keeps_order() {
+        let (a, b) = (socket(), socket());
+        let to = b.local_addr().unwrap();
+        let msgs: Vec<Vec<u8>> = (0..100).map(|i| payload(i, 10 + i)).collect();
+        let mut batch = Batch::new(&a, Shape::TUNNEL).unwrap();
+        let (_, mut tx) = batch.split(&a);
+        for m in &msgs {
+            tx.push(to, Parts(m, &[]));
+        }
+        tx.push_owned(to, b"owned".to_vec());
+        assert_eq!(tx.finish(), 0);
+        let mut buf = [0u8; 200];
+        for m in msgs.iter().map(|m| &m[..]).chain([&b"owned"[..]]) {
+            let n = b.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], m);
+        }
+    }
+}
