@@ -30,8 +30,8 @@ pub enum Signal {
 
 /// The socket layer's side of one tunnel.
 struct Open {
-    /// A clone of the tunnel's socket: control messages must leave through the tunnel's own NAT mapping.
-    sock: UdpSocket,
+    /// The tunnel's socket, shared with its thread: control messages must leave through its own NAT mapping.
+    sock: Arc<UdpSocket>,
     v6: bool,
     ctl: Arc<Control>,
 }
@@ -84,15 +84,14 @@ impl Shell {
     }
 
     fn open(&mut self, id: u32, relay: SocketAddr, service: SocketAddr) -> std::io::Result<()> {
-        let sock = net::bind_for(relay, service)?;
+        let sock = Arc::new(net::bind_for(relay, service)?);
         let v6 = sock.local_addr()?.is_ipv6();
-        let clone = sock.try_clone()?;
         let ctl = Arc::new(Control::default());
         let jitter = 0.8
             + 0.4 * f64::from(u32::from_le_bytes(protocol::random_bytes())) / f64::from(u32::MAX);
         Tunnel {
             id,
-            sock,
+            sock: sock.clone(),
             relay: net::as_seen_by(v6, relay),
             service: net::as_seen_by(v6, service),
             identity: self.identity.clone(),
@@ -104,16 +103,9 @@ impl Shell {
         .spawn()?;
         debug!(
             "tunnel {id} opened on port {}",
-            clone.local_addr().map(|a| a.port()).unwrap_or(0)
+            sock.local_addr().map(|a| a.port()).unwrap_or(0)
         );
-        self.open.insert(
-            id,
-            Open {
-                sock: clone,
-                v6,
-                ctl,
-            },
-        );
+        self.open.insert(id, Open { sock, v6, ctl });
         Ok(())
     }
 

@@ -93,7 +93,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Tunnel {
     pub id: u32,
-    pub sock: UdpSocket,
+    /// Shared with the coordinator, which sends this tunnel's keepalives through it (one descriptor, not two).
+    pub sock: Arc<UdpSocket>,
     /// Both as this socket reports sources (IPv4-mapped on a dual-stack socket).
     pub relay: SocketAddr,
     pub service: SocketAddr,
