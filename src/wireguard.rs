@@ -634,22 +634,12 @@ mod tests {
     /// What a WireGuard client does with a cookie reply to `initiation`: decrypt the cookie, then key the mac2 of
     /// its next initiation `next` with it.
     fn client_adds_mac2(reply: &CookieReply, initiation: &[u8], next: &mut [u8; INITIATION_LEN]) {
-        let r = &reply.0;
         assert_eq!(
-            r[4..8],
+            reply.0[4..8],
             initiation[4..8],
             "the reply names the initiation's sender index"
         );
-        let cipher = XChaCha20Poly1305::new(&hash(LABEL_COOKIE, &pk().0).into());
-        let mut cookie: [u8; 16] = r[32..48].try_into().unwrap();
-        let nonce: [u8; 24] = r[8..32].try_into().unwrap();
-        cipher
-            .decrypt_in_place_detached(
-                &nonce.into(),
-                &initiation[MAC1_AT..MAC2_AT],
-                &mut cookie,
-                r[48..64].into(),
-            )
+        let cookie = client_open_cookie(&pk(), &reply.0, initiation)
             .expect("the cookie reply opens under the cookie key with mac1 as associated data");
         let mac2 = mac(&cookie, &next[..MAC2_AT]);
         next[MAC2_AT..].copy_from_slice(&mac2);
