@@ -8,17 +8,19 @@ for _ in 1 2 3 4 5 6 7 8; do      # a name prefix no leftover of an earlier run 
   compgen -G "/var/run/netns/rut${RUN_ID}-*" >/dev/null || compgen -G "/var/run/wireguard/w${RUN_ID}*" >/dev/null || break
 done
 P="rut${RUN_ID}"
-NS_HOME=$P-home NS_HNAT=$P-hnat NS_CGN=$P-cgnat NS_NET=$P-inet NS_RELAY=$P-relay
+NS_HOME=$P-home NS_HNAT=$P-hnat NS_CGN=$P-cgnat NS_NET=$P-inet NS_RELAY=$P-relay NS_ATK=$P-atk
 CLIENTS=(1 2 3 6)               # c1..c3: IPv4 clients; c6: IPv6-only client
-ALL_NS=("$NS_HOME" "$NS_HNAT" "$NS_CGN" "$NS_NET" "$NS_RELAY")
+ALL_NS=("$NS_HOME" "$NS_HNAT" "$NS_CGN" "$NS_NET" "$NS_RELAY" "$NS_ATK")
 for _c in "${CLIENTS[@]}"; do ALL_NS+=("$P-c$_c"); done
 
 RELAY_V4=203.0.113.10 RELAY_V6=2001:db8:1::10 RELAY_NAME=relay.e2e.test RELAY_PORT=1234
 CGN_PUBLIC=198.51.100.2
+ATK_NET=198.18.0.0/21 ATK_BASE=198.18.0.1 ATK_SOURCES=2000   # the attacker's spoofed sources (2047 usable)
 WG_PORT=51820 WG_SRV_IF=w${RUN_ID}srv WG_SRV_ADDR=10.99.0.1
 KEY="e2e-secret-$RUN_ID"
 CGN_UDP_TIMEOUT=10              # baseline CG-NAT UDP conntrack timeout (s), > every keepalive used
 KA=2 CONN_TIMEOUT=20            # agents' default --keepaliveInterval / --connectionTimeout
+RELAY_ARGS=() INSIDE_ARGS=()    # extra options of a scenario (e.g. --wireguard KEY, -n 8)
 
 TMPD=$(mktemp -d /tmp/rut-e2e.XXXXXX)
 SD=$TMPD                        # per-scenario log directory, set by run.sh
@@ -118,6 +120,16 @@ topo_up() {
   ip -n "$NS_RELAY" route add default via 203.0.113.1
   ip -n "$NS_RELAY" -6 route add default via 2001:db8:1::1
 
+  # The attacker: its own cable to the internet router, which routes the spoofed sources' network to it (so
+  # answers to them reach the attacker's namespace, which does not forward them and has no such addresses:
+  # they are dropped there, as for a spoofed source that never answers).
+  veth "$NS_NET" atk0 "$NS_ATK" eth0
+  v4only "$NS_NET" atk0; v4only "$NS_ATK" eth0
+  addr "$NS_NET" atk0 198.19.0.1/24
+  addr "$NS_ATK" eth0 198.19.0.2/24
+  ip -n "$NS_ATK" route add default via 198.19.0.1
+  ip -n "$NS_NET" route add "$ATK_NET" via 198.19.0.2
+
   for c in "${CLIENTS[@]}"; do
     ns=$P-c$c
     veth "$ns" eth0 "$NS_NET" "c$c"
@@ -158,12 +170,16 @@ topo_down() {
 }
 
 # ---- WireGuard (wireguard-go) ------------------------------------------------------------------
+uapi_listening() { nsx "$1" ss -Hxl | grep -qF "/var/run/wireguard/$2.sock"; }
 # wg_iface NS IF CIDR KEYNAME [LISTEN_PORT]: start wireguard-go and give it a key and an address.
 wg_iface() {
   local ns=$1 ifc=$2 cidr=$3 keyf=$TMPD/keys/$4.key port=${5:-}
   bg_start "wg-$ifc" "$SD/wg-$ifc.log" "$ns" \
     env WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wireguard-go -f "$ifc"
-  wait_until 5 nsx "$ns" wg show "$ifc" || { log "wireguard-go $ifc did not start"; return 1; }
+  # Wait until the control socket listens before `wg` connects to it: `wg` unlinks a socket that refuses its
+  # connection (stale, to its mind), and a socket between wireguard-go's bind() and listen() does refuse.
+  wait_until 5 uapi_listening "$ns" "$ifc" || { log "wireguard-go $ifc did not start"; return 1; }
+  nsx "$ns" wg show "$ifc" >/dev/null || { log "wireguard-go $ifc does not answer"; return 1; }
   nsx "$ns" wg set "$ifc" private-key "$keyf" ${port:+listen-port "$port"} || return 1
   addr "$ns" "$ifc" "$cidr" || return 1
   ip -n "$ns" link set "$ifc" mtu 1420 up
@@ -196,14 +212,14 @@ srv_endpoint() {
 # ---- the agents under test ---------------------------------------------------------------------
 relay_start() {                 # outside relay, dual stack on port 1234
   bg_start relay "$SD/relay.log" "$NS_RELAY" "$BIN" -l "$RELAY_PORT" -k "$KEY" \
-    --keepaliveInterval "$KA" --logLevel 3
+    --keepaliveInterval "$KA" --logLevel 3 "${RELAY_ARGS[@]}"
   wait_until 5 relay_listening || { log "relay is not listening on UDP $RELAY_PORT"; return 1; }
 }
 relay_listening() { alive relay && [[ -n $(nsx "$NS_RELAY" ss -Hlun "sport = :$RELAY_PORT") ]]; }
 
 inside_start() {                # inside agent on the home host
   bg_start inside "$SD/inside.log" "$NS_HOME" "$BIN" -s "localhost:$WG_PORT" -o "$RELAY_NAME:$RELAY_PORT" \
-    -k "$KEY" --keepaliveInterval "$KA" --connectionTimeout "$CONN_TIMEOUT" --logLevel 3
+    -k "$KEY" --keepaliveInterval "$KA" --connectionTimeout "$CONN_TIMEOUT" --logLevel 3 "${INSIDE_ARGS[@]}"
   sleep 0.1
   alive inside || { log "inside agent exited at once"; return 1; }
 }
@@ -240,3 +256,44 @@ probe_replies_after() {
       END { print n + 0 }' "$SD/probe-$1.txt"
 }
 has_reply_after() { [[ -n $(probe_first_after "$1" "$2") ]]; }
+
+# first_ping_ms NS DST TIMEOUT: one ping; its round trip in ms (empty if unanswered). From an idle WireGuard
+# client (no PersistentKeepalive, no session yet) the round trip includes the whole handshake: the client holds
+# the ping until the handshake completes.
+first_ping_ms() {
+  nsx "$1" ping -n -c 1 -W "$3" "$2" 2>/dev/null | awk -F'time=' '/bytes from/ { split($2, a, " "); print a[1] }'
+}
+
+# ---- the relay's status line (relay started with --statusInterval 1) ----------------------------
+status_lines() { grep -c 'status: tunnels' "$SD/relay.log" 2>/dev/null || true; }
+# relay_stat FIELD: FIELD's value in the last status line (e.g. active, spare, notinit, cookies).
+relay_stat() {
+  grep 'status: tunnels' "$SD/relay.log" 2>/dev/null | tail -n 1 |
+    awk -v f="$1" '{ for (i = 1; i <= NF; i++) if (index($i, f "=") == 1) print substr($i, length(f) + 2) }'
+}
+stat_at_least() { local v; v=$(relay_stat "$1"); [[ -n $v ]] && ((v >= $2)); }
+# status_after N: a status line written after the first N (so it describes a moment after the caller's).
+status_after() { (($(status_lines) > $1)); }
+
+# ---- the attacker (tests/e2e/wgflood.py in the attacker's namespace) ------------------------------
+WGFLOOD=$(realpath "$(dirname "${BASH_SOURCE[0]}")")/wgflood.py
+# flood_start NAME KIND RATE SECONDS ARG: ATK_SOURCES spoofed sources, each RATE datagrams/s, to the relay.
+flood_start() {
+  bg_start "$1" "$SD/$1.log" "$NS_ATK" python3 "$WGFLOOD" flood "$2" "$RELAY_V4" "$RELAY_PORT" \
+    "$ATK_BASE" "$ATK_SOURCES" "$3" "$4" "$5"
+}
+# capture_start FILE: the first handshake initiation the relay receives, as hex, into FILE (at most 30 s).
+capture_start() {
+  bg_start capture "$SD/capture.log" "$NS_RELAY" python3 "$WGFLOOD" capture eth0 "$RELAY_PORT" "$1" 30
+  wait_until 5 grep -q capturing "$SD/capture.log"
+}
+
+# probe_window NAME T0_US T1_US: "answered/sent" of probe NAME between two times (sent: the span of icmp_seq).
+probe_window() {
+  awk -v a="$2" -v b="$3" '/bytes from/ && substr($1, 1, 1) == "[" {
+      ts = substr($1, 2, length($1) - 2); sub(/\./, "", ts)
+      if (ts + 0 <= a + 0 || ts + 0 > b + 0) next
+      for (i = 1; i <= NF; i++) if ($i ~ /^icmp_seq=/) s = substr($i, 10) + 0
+      if (n++ == 0) lo = s; hi = s }
+      END { printf "%d/%d", n, n ? hi - lo + 1 : 0 }' "$SD/probe-$1.txt"
+}

@@ -5,7 +5,7 @@ set -euo pipefail
 export LC_ALL=C
 
 SCENARIOS=(topology wg_iperf three_clients cgnat_flush cgnat_timeout inside_restart relay_restart
-  loss server_restart ipv6_client)
+  loss server_restart ipv6_client wg_admission)
 
 usage() { echo "usage: $0 BINARY [SCENARIO...]   scenarios: ${SCENARIOS[*]}" >&2; exit 2; }
 [[ ${1:-} == --list ]] && { printf '%s\n' "${SCENARIOS[@]}"; exit 0; }
@@ -24,7 +24,7 @@ unmet() {
 }
 [[ $(id -u) == 0 ]] || unmet "needs root (network namespaces)"
 [[ -c /dev/net/tun ]] || unmet "needs /dev/net/tun (wireguard-go)"
-for cmd in ip iptables conntrack wireguard-go wg ping iperf3 ss awk od; do
+for cmd in ip iptables conntrack wireguard-go wg ping iperf3 ss awk od python3; do
   command -v "$cmd" >/dev/null || unmet "missing command: $cmd"
 done
 
@@ -74,6 +74,7 @@ scenario_reset() {
   agent_stop inside
   agent_stop relay
   for name in "${!PID_OF[@]}"; do bg_stop "$name"; done
+  RELAY_ARGS=() INSIDE_ARGS=()
   nsx "$NS_CGN" iptables -F FORWARD
   cgn_timeout "$CGN_UDP_TIMEOUT"
   nsx "$NS_CGN" conntrack -F >/dev/null 2>&1 || true
@@ -233,18 +234,48 @@ kill_restart() {
 sc_inside_restart() { kill_restart inside 2; }
 sc_relay_restart() { kill_restart relay "$(awk -v k="$KA" 'BEGIN { print k + 1.5 }')"; }
 
-# 7. 10 % random loss each way through the CG-NAT: tunnels are set up and WireGuard stays usable.
+# 7. Every 10th packet dropped each way through the CG-NAT: tunnels are set up and WireGuard stays usable.
+# Deterministic loss (statistic --mode nth): of any m consecutive packets through one direction's rule at most
+# ceil(m / 10) are dropped, whatever their timing. A ping is lost only if its request (out0 -> in0) or its reply
+# (in0 -> out0) is dropped, so of the 50 pings at most ceil(m_out / 10) + ceil(m_in / 10) are lost, m counting
+# every packet through the rule during the run: 50 pings plus the agents' keepalives (one per tunnel and one of
+# control per 2 s, ~6 tunnels: ~15 in 5 s), so m ~ 65 each way, at most 7 + 7 lost, >= 36 of 50 answered. The
+# threshold 30 fails only if more than 200 packets went one way in 5 s: a fault, not chance. (The random mode it
+# replaces lost 19 % on average and fell to 29/50 once in CI.) Meaningful: at least 45 packets cross each way
+# during the run (50 requests; >= 45 replies), so at least 4 are dropped each way; the check demands >= 1.
+# WireGuard's handshake messages (IP length 176 initiation, 120 response, 92 cookie reply) are exempt: a
+# handshake retried every 5 s could otherwise meet the drop slot each time; everything else, the agents' own
+# control traffic included, takes the loss.
+loss_rules() {
+  local dir len
+  for dir in in0 out0; do
+    for len in 176 120 92; do
+      nsx "$NS_CGN" iptables -A FORWARD -i "$dir" -p udp -m length --length "$len" -j ACCEPT
+    done
+    nsx "$NS_CGN" iptables -A FORWARD -i "$dir" -m comment --comment "count-$dir"   # counts, no verdict
+    nsx "$NS_CGN" iptables -A FORWARD -i "$dir" -m statistic --mode nth --every 10 --packet 0 \
+      -m comment --comment "drop-$dir" -j DROP
+  done
+}
+# loss_counter NAME: packets counted by the CG-NAT rule with that comment.
+loss_counter() {
+  nsx "$NS_CGN" iptables -L FORWARD -v -n -x | awk -v c="/* $1 */" 'index($0, c) { print $1 }'
+}
 sc_loss() {
-  local n drops
-  nsx "$NS_CGN" iptables -A FORWARD -i in0 -m statistic --mode random --probability 0.1 -j DROP
-  nsx "$NS_CGN" iptables -A FORWARD -i out0 -m statistic --mode random --probability 0.1 -j DROP
+  local n d m i dir before=() after=() shown=()
+  loss_rules
   agents_up || return 1
   client 1 && wg_ping 1 30 || return 1
+  for dir in in0 out0; do before+=("$(loss_counter "count-$dir")" "$(loss_counter "drop-$dir")"); done
   n=$(ping_count "$P-c1" "$WG_SRV_ADDR" 50)
-  drops=$(nsx "$NS_CGN" iptables -L FORWARD -v -n -x | awk '/statistic/ { s += $1 } END { print s + 0 }')
-  # a ping crosses the CG-NAT twice: expect 0.9^2 = 81 % answered; 60 % leaves a wide statistical margin
-  ((${n:-0} >= 30)) || { fail "only ${n:-0}/50 pings answered under 10 % loss (need 30)"; return 1; }
-  MSG="tunnel + handshake after $WAITED s; ${n}/50 pings answered (expected ~81 %, need 60 %); $drops packets dropped"
+  for dir in in0 out0; do after+=("$(loss_counter "count-$dir")" "$(loss_counter "drop-$dir")"); done
+  for i in 0 2; do
+    m=$((after[i] - before[i])) d=$((after[i + 1] - before[i + 1]))
+    shown+=("$([[ $i == 0 ]] && echo home-to-relay || echo relay-to-home) $d of $m dropped")
+    ((d >= 1)) || { fail "loss during the 50 pings: ${shown[*]}; expected drops each way"; return 1; }
+  done
+  ((${n:-0} >= 30)) || { fail "only ${n:-0}/50 pings answered with every 10th packet dropped each way (need 30; ${shown[*]})"; return 1; }
+  MSG="tunnel + handshake after $WAITED s; ${n}/50 pings answered (need 30); during the pings ${shown[*]}"
 }
 
 # 8. WireGuard server stopped for 2 s and started again: clients recover, no agent restarted.
@@ -284,6 +315,78 @@ sc_ipv6_client() {
     fail "server endpoints c6 $e6, c1 $e1: expected two distinct tunnels"; return 1
   fi
   MSG="IPv6-only client via [$RELAY_V6]:$RELAY_PORT pinged after $w6 s (server sees $e6), IPv4 client alongside ($e1)"
+}
+
+# 10. --wireguard: the relay spends tunnels only on real WireGuard handshakes, also under floods.
+# Relay and inside -n 8: "under load" (cookie replies) from 7 busy tunnels on. Floods: 2000 spoofed sources in
+# the attacker's namespace, each 2 datagrams/s (4000/s), sent to the relay's address only.
+WG_FLOOD_RATE=2
+sc_wg_admission() {
+  local pk init t0 n rtt_a rtt_b rtt_c b_stats c_stats p1b p1c
+  pk=$(cat "$TMPD/keys/srv.pub")
+  RELAY_ARGS=(--wireguard "$pk" -n 8 --statusInterval 1) INSIDE_ARGS=(-n 8)
+  agents_up || return 1
+  wait_until 10 stat_at_least spare 1 || { fail "no spare tunnel at the relay within 10 s"; return 1; }
+
+  # (a) The first handshake through the relay, from an idle client: the first ping's round trip includes it.
+  capture_start "$SD/initiation.hex" || { fail "capture in the relay's namespace did not start"; return 1; }
+  client 1 0 || return 1
+  rtt_a=$(first_ping_ms "$P-c1" "$WG_SRV_ADDR" 5)
+  [[ -n $rtt_a ]] || { fail "(a) c1: no answer to its first ping within 5 s"; return 1; }
+  awk -v r="$rtt_a" 'BEGIN { exit !(r <= 1000) }' || { fail "(a) c1: first ping (with the handshake) took $rtt_a ms, limit 1000"; return 1; }
+  nsx "$P-c1" wg set "w${RUN_ID}c1" peer "$(cat "$TMPD/keys/srv.pub")" persistent-keepalive 2
+  wait_until 5 test -s "$SD/initiation.hex" || { fail "(a) c1's handshake initiation was not captured"; return 1; }
+  init=$(cat "$SD/initiation.hex")
+  probe_start p1 "$P-c1" "$WG_SRV_ADDR"
+
+  # (b) Garbage, initiations with a wrong mac1 and c1's initiation replayed: a new client c2 is served at once,
+  # and the flood holds no tunnel.
+  t0=$(now_us)
+  flood_start flood-junk junk "$WG_FLOOD_RATE" 60 "$init"
+  # every source has sent twice (4000 datagrams, a third of them replays) before the new client starts
+  wait_until 10 stat_at_least replayed 1333 || { fail "(b) the junk flood did not reach the relay (replayed < 1333)"; return 1; }
+  client 2 0 || return 1
+  rtt_b=$(first_ping_ms "$P-c2" "$WG_SRV_ADDR" 5)
+  [[ -n $rtt_b ]] || { fail "(b) c2 under the junk flood: no answer to its first ping within 5 s"; return 1; }
+  awk -v r="$rtt_b" 'BEGIN { exit !(r <= 1000) }' || { fail "(b) c2 under the junk flood: first ping took $rtt_b ms, limit 1000"; return 1; }
+  nsx "$P-c2" wg set "w${RUN_ID}c2" peer "$(cat "$TMPD/keys/srv.pub")" persistent-keepalive 2
+  n=$(status_lines)
+  wait_until 3 status_after "$n" || { fail "(b) no status line of the relay"; return 1; }
+  b_stats="active=$(relay_stat active) waiting=$(relay_stat waiting) notinit=$(relay_stat notinit)"
+  b_stats+=" badmac1=$(relay_stat badmac1) replayed=$(relay_stat replayed) cookies=$(relay_stat cookies)"
+  bg_stop flood-junk
+  p1b=$(probe_window p1 "$t0" "$(now_us)")
+  if [[ $(relay_stat active) != 2 || $(relay_stat waiting) != 0 ]]; then
+    fail "(b) under the junk flood the relay has $b_stats: expected the 2 real clients only"; return 1
+  fi
+  if ! stat_at_least notinit 1 || ! stat_at_least badmac1 1 || ! stat_at_least replayed 1; then
+    fail "(b) drop counters did not grow: $b_stats"; return 1
+  fi
+
+  # (c) Fresh mac1-valid initiations from spoofed sources: they may take tunnels until the relay is under load,
+  # then get cookie replies (lost: the sources never answer). A new client c3 gets a cookie reply too, retries
+  # after wireguard-go's 5 s (REKEY_TIMEOUT) with mac2, and is served.
+  t0=$(now_us)
+  flood_start flood-init init "$WG_FLOOD_RATE" 60 "$pk"
+  # under load, and every source has sent twice, before the new client starts
+  wait_until 10 stat_at_least cookies 4000 || { fail "(c) the relay is not answering the flood with cookies"; return 1; }
+  client 3 0 || return 1
+  rtt_c=$(first_ping_ms "$P-c3" "$WG_SRV_ADDR" 10)
+  [[ -n $rtt_c ]] || { fail "(c) c3 under the initiation flood: no answer to its first ping within 10 s"; return 1; }
+  awk -v r="$rtt_c" 'BEGIN { exit !(r <= 7000) }' || { fail "(c) c3 under the initiation flood: first ping took $rtt_c ms, limit 7000"; return 1; }
+  n=$(status_lines)
+  wait_until 3 status_after "$n" || { fail "(c) no status line of the relay"; return 1; }
+  c_stats="active=$(relay_stat active) waiting=$(relay_stat waiting) reclaimed=$(relay_stat reclaimed)"
+  c_stats+=" cookies=$(relay_stat cookies)"
+  bg_stop flood-init
+  p1c=$(probe_window p1 "$t0" "$(now_us)")
+  # c1 (proven) keeps its tunnel: reported, and checked only loosely (the floods compete for 2 shared cores)
+  for n in "$p1b" "$p1c"; do
+    ((2 * ${n%/*} >= ${n#*/} && ${n#*/} > 0)) || { fail "c1 lost its tunnel under the floods: echoes $p1b, $p1c"; return 1; }
+  done
+  MSG="(a) first ping incl. handshake $rtt_a ms; (b) junk flood: c2's first ping $rtt_b ms, $b_stats,"
+  MSG+=" c1 echoes $p1b; (c) mac1-valid flood: c3's first ping $rtt_c ms, $c_stats, c1 echoes $p1c;"
+  MSG+=" $(tail -n 1 "$SD/flood-junk.log"); $(tail -n 1 "$SD/flood-init.log")"
 }
 
 # ---- main --------------------------------------------------------------------------------------
