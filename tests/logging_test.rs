@@ -443,6 +443,19 @@ fn sigusr1_and_sighup_keep_relay_and_inside_agent_running() {
         .map(String::from)
         .unwrap();
     assert!(line.contains(" spare="), "{line}");
+    // With the status line, the tunnel table: a line per tunnel.
+    assert!(
+        inside
+            .log()
+            .contains("[INFO] tunnel 1: spare, next keepalive in"),
+        "{}",
+        inside.log()
+    );
+    assert!(
+        relay.log().contains(": spare, last keepalive"),
+        "{}",
+        relay.log()
+    );
     for p in [&mut inside, &mut relay] {
         assert_eq!(p.terminate().code(), Some(0), "{}", p.log());
         let log = p.log();
