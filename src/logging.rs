@@ -146,6 +146,9 @@ pub fn syslog_time(unix_seconds: i64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
+    // libc deprecates time_t on 32-bit musl (musl 1.2 made it 64-bit; the crate still binds the 32-bit
+    // `localtime_r`, which musl keeps for compatibility): right until 2038, and only the syslog timestamp.
+    #[allow(deprecated)]
     let t = unix_seconds as libc::time_t;
     // SAFETY: tm is a plain struct filled by localtime_r (the reentrant variant); both pointers are valid.
     let tm = unsafe {
