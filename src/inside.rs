@@ -11,7 +11,7 @@ use crate::protocol::{self, Identity, Instance};
 use crate::signal::{self, Signal as Sig};
 use crate::stats::Drops;
 use crate::tunnel::{Control, Event, Tunnel};
-use crossbeam_channel::{select, unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use log::{debug, error, info, warn};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 /// A name that still does not resolve is warned about again this often (at debug level in between).
 const REWARN_UNRESOLVED: Duration = Duration::from_secs(300);
 
-/// What the signal thread tells the coordinator.
-pub enum Signal {
+/// Everything that wakes the coordinator, on one channel: tunnel threads' events and resolved names (inputs of
+/// the state machine), and signals.
+pub enum Wake {
+    Input(Input),
     Shutdown(&'static str),
     /// SIGUSR1: log the status line and the tunnel table.
     Status,
@@ -41,8 +43,7 @@ struct Shell {
     identity: Arc<Identity>,
     drops: Arc<Drops>,
     names: (HostPort, HostPort),
-    tunnel_tx: Sender<(u32, Event)>,
-    resolved_tx: Sender<Input>,
+    wake: Sender<Wake>,
     open: HashMap<u32, Open>,
 }
 
@@ -96,7 +97,13 @@ impl Shell {
             service: net::as_seen_by(v6, service),
             identity: self.identity.clone(),
             idle_timeout: self.cfg.idle_timeout.mul_f64(jitter),
-            events: self.tunnel_tx.clone(),
+            report: {
+                let wake = self.wake.clone();
+                // The coordinator outlives every tunnel thread; if it is gone, the process is exiting anyway.
+                Box::new(move |event: Event| {
+                    let _ = wake.send(Wake::Input(Input::Tunnel(id, event)));
+                })
+            },
             ctl: ctl.clone(),
             drops: self.drops.clone(),
         }
@@ -117,7 +124,7 @@ impl Shell {
         } else {
             self.names.0.clone()
         };
-        let tx = self.resolved_tx.clone();
+        let tx = self.wake.clone();
         let spawned = std::thread::Builder::new()
             .name("resolve".into())
             .spawn(move || {
@@ -125,7 +132,7 @@ impl Shell {
                 for attempt in 0.. {
                     match net::resolve(&name) {
                         Ok(addr) => {
-                            let _ = tx.send(Input::Resolved { relay, addr });
+                            let _ = tx.send(Wake::Input(Input::Resolved { relay, addr }));
                             return;
                         }
                         Err(e) => {
@@ -150,12 +157,16 @@ impl Shell {
     }
 }
 
-/// Run the coordinator until a signal arrives on `signals`.
-fn coordinate(cfg: Config, service: HostPort, relay: HostPort, signals: Receiver<Signal>) {
+/// Run the coordinator until a shutdown arrives on `wakes` (`wake` is its sender, for the threads it starts).
+fn coordinate(
+    cfg: Config,
+    service: HostPort,
+    relay: HostPort,
+    wake: Sender<Wake>,
+    wakes: Receiver<Wake>,
+) {
     let identity = Arc::new(Identity::new(&cfg.key, Instance::random(), cfg.shared()));
     let drops = Arc::new(Drops::default());
-    let (tunnel_tx, tunnel_rx) = unbounded();
-    let (resolved_tx, resolved_rx) = unbounded();
     info!(
         "inside agent run {} for service {service} via relay {relay}",
         identity.instance
@@ -178,8 +189,7 @@ fn coordinate(cfg: Config, service: HostPort, relay: HostPort, signals: Receiver
         identity,
         drops,
         names: (service, relay),
-        tunnel_tx,
-        resolved_tx,
+        wake,
         open: HashMap::new(),
     };
     let mut actions = Vec::new();
@@ -193,23 +203,22 @@ fn coordinate(cfg: Config, service: HostPort, relay: HostPort, signals: Receiver
             logging::status(&core.status());
         }
         let wait = core.next_wake(now).saturating_duration_since(now);
-        let input = select! {
-            recv(tunnel_rx) -> m => m.map(|(id, ev)| Input::Tunnel(id, ev)).ok(),
-            recv(resolved_rx) -> m => m.ok(),
-            recv(signals) -> m => match m {
-                Ok(Signal::Status) => {
-                    logging::status(&core.status());
-                    core.table_lines(Instant::now()).iter().for_each(|l| logging::status(l));
-                    None
-                }
-                Ok(Signal::Shutdown(sig)) => {
-                    core.shutdown(sig, &mut actions);
-                    shell.perform(&mut core, Instant::now(), &mut actions);
-                    return;
-                }
-                Err(_) => None,
-            },
-            default(wait) => None,
+        let input = match wakes.recv_timeout(wait) {
+            Ok(Wake::Input(input)) => Some(input),
+            Ok(Wake::Status) => {
+                logging::status(&core.status());
+                core.table_lines(Instant::now())
+                    .iter()
+                    .for_each(|l| logging::status(l));
+                None
+            }
+            Ok(Wake::Shutdown(sig)) => {
+                core.shutdown(sig, &mut actions);
+                shell.perform(&mut core, Instant::now(), &mut actions);
+                return;
+            }
+            // (Never disconnected: the shell holds a sender.)
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
         };
         if let Some(input) = input {
             let now = Instant::now();
@@ -222,12 +231,13 @@ fn coordinate(cfg: Config, service: HostPort, relay: HostPort, signals: Receiver
 pub fn run(cfg: Config, service: HostPort, relay: HostPort) {
     net::raise_fd_limit();
     let (tx, rx) = unbounded();
+    let signals = tx.clone();
     signal::watch(move |sig| {
         let _ = match sig {
-            Sig::Terminate(name) => tx.send(Signal::Shutdown(name)),
-            Sig::Status => tx.send(Signal::Status),
+            Sig::Terminate(name) => signals.send(Wake::Shutdown(name)),
+            Sig::Status => signals.send(Wake::Status),
             Sig::Reload => return warn!("{}", signal::RELOAD_IGNORED),
         };
     });
-    coordinate(cfg, service, relay, rx);
+    coordinate(cfg, service, relay, tx, rx);
 }

@@ -7,7 +7,7 @@
 //!   periodic line, the one at exit and the one SIGUSR1 asks for are always there.
 //!
 //! Modes, one per process:
-//! - [`Mode::Stderr`], the default: simplelog's lines on standard error, `TIMESTAMP [LEVEL] message`, the
+//! - [`Mode::Stderr`], the default: lines on standard error, `TIMESTAMP [LEVEL] message`, the
 //!   timestamp in RFC 3339 (UTC).
 //! - [`Mode::Journal`], when systemd runs us: `JOURNAL_STREAM` names the device and inode of our standard
 //!   error (sd-daemon(3) says to compare them, since a child of a service inherits the variable but perhaps
@@ -27,9 +27,8 @@
 //! create `/dev/log` without root and a private mount namespace). Not in --help: nobody else needs it.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
-use simplelog::{ConfigBuilder, WriteLogger};
 use std::ffi::OsStr;
-use std::io::{Stderr, Write};
+use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -141,6 +140,36 @@ pub fn syslog_datagram(level: Level, time: &str, pid: u32, prefix: &str, message
     format!("<{pri}>{time} {IDENT}[{pid}]: {prefix}{message}")
 }
 
+/// RFC 3339 in UTC to the nanosecond, as `2026-11-29T19:50:40.202056263Z`. (Formatted here rather than by
+/// simplelog: its formatter pulls in the `time` crate, 22 KB of the MIPS binary's budget.)
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// Year, month, day of the day `z` days after 1970-01-01 (proleptic Gregorian; H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 /// RFC 3164's `Mmm dd hh:mm:ss` in local time, as syslog(3) writes it.
 pub fn syslog_time(unix_seconds: i64) -> String {
     const MONTHS: [&str; 12] = [
@@ -174,8 +203,6 @@ pub struct Logger {
     /// `NAME: ` or empty.
     prefix: String,
     mode: Mode,
-    /// The default format, also the fallback when the system log cannot be reached.
-    stderr: Box<WriteLogger<Stderr>>,
     syslog: Option<Syslog>,
 }
 
@@ -189,18 +216,10 @@ struct Syslog {
 
 impl Logger {
     pub fn new(level: LevelFilter, name: Option<&str>, mode: Mode, syslog_path: PathBuf) -> Logger {
-        let cfg = ConfigBuilder::new()
-            .set_time_format_rfc3339()
-            .set_thread_level(LevelFilter::Off)
-            .set_target_level(LevelFilter::Off)
-            .set_location_level(LevelFilter::Off)
-            .build();
         Logger {
             level,
             prefix: name.map(|n| format!("{n}: ")).unwrap_or_default(),
             mode,
-            // Trace: the filtering is ours.
-            stderr: WriteLogger::new(LevelFilter::Trace, cfg, std::io::stderr()),
             syslog: (mode == Mode::Syslog).then(|| Syslog {
                 path: syslog_path,
                 sock: Mutex::new(None),
@@ -209,13 +228,15 @@ impl Logger {
         }
     }
 
+    /// The default format, also the fallback when the system log cannot be reached: `TIMESTAMP [LEVEL] message`,
+    /// one write per line (so lines of different threads never interleave).
     fn to_stderr(&self, level: Level, message: std::fmt::Arguments) {
-        self.stderr.log(
-            &Record::builder()
-                .level(level)
-                .args(format_args!("{}{message}", self.prefix))
-                .build(),
+        let line = format!(
+            "{} [{level}] {}{message}\n",
+            rfc3339(std::time::SystemTime::now()),
+            self.prefix
         );
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     fn to_syslog(&self, syslog: &Syslog, level: Level, message: std::fmt::Arguments) {
@@ -294,6 +315,20 @@ impl Log for Logger {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn rfc3339_utc_to_the_nanosecond() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |secs, nanos| rfc3339(UNIX_EPOCH + Duration::new(secs, nanos));
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(
+            at(1_795_980_640, 202_056_263),
+            "2026-11-29T19:30:40.202056263Z"
+        );
+        assert_eq!(at(4_107_542_399, 0), "2100-02-28T23:59:59.000000000Z");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000000Z");
+    }
     use super::*;
 
     #[test]

@@ -9,7 +9,6 @@ use crate::batch::{Batch, Shape, Tx};
 use crate::net;
 use crate::protocol::{self, Identity, Kind, Message};
 use crate::stats::Drops;
-use crossbeam_channel::Sender;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::{Arc, Mutex};
@@ -101,7 +100,8 @@ pub struct Tunnel {
     pub identity: Arc<Identity>,
     /// This tunnel's share of --connectionTimeout, jitter included.
     pub idle_timeout: Duration,
-    pub events: Sender<(u32, Event)>,
+    /// Tells the coordinator what happened on this tunnel.
+    pub report: Box<dyn Fn(Event) + Send>,
     pub ctl: Arc<Control>,
     pub drops: Arc<Drops>,
 }
@@ -201,7 +201,6 @@ impl Tunnel {
     }
 
     fn report(&self, event: Event) {
-        // The coordinator outlives every tunnel thread; if it is gone, the process is exiting anyway.
-        let _ = self.events.send((self.id, event));
+        (self.report)(event);
     }
 }
