@@ -10,10 +10,10 @@
 //! What the kernel offers is found once per process by trying each facility on loopback ([`offload`]); whatever
 //! fails there (an old kernel, qemu-user) is not used, and `RUT_PLAIN_IO=1` forces one datagram per call.
 //!
-//! Memory: one lazily touched mapping per [`Batch`] holds the message headers, a small dense area per slot that
-//! takes ordinary datagrams, and a 64 KiB overflow per slot (scattered into by the kernel) that is only touched
-//! by big datagrams or GRO trains. A tunnel thread's batch of 8 slots therefore costs one resident page for
-//! small datagrams, as the single receive buffer did before.
+//! Memory: a heap block per [`Batch`] holds the message headers and a small dense area per slot that takes
+//! ordinary datagrams; a lazily touched mapping holds a 64 KiB overflow per slot (scattered into by the kernel)
+//! that is only touched by big datagrams or GRO trains. A tunnel thread's block is 3.2 KiB, packed on the heap
+//! with the others instead of taking a page of its own (0.7 MiB less at 1000 tunnels).
 
 // msghdr and cmsghdr field types differ between glibc and musl (size_t against int/socklen_t): the casts that
 // are no-ops on one are needed on the other.
@@ -109,13 +109,17 @@ impl Shape {
         iovs: 256,
         group: true,
     };
-    /// An inside tunnel thread: a thousand of them, so everything but the overflow fits one page (3.4 KiB).
-    /// 512 bytes per slot: a GRO train of 8 small datagrams fits, a 1400-byte one spills a page.
+    /// An inside tunnel thread: a thousand of them, so headers and dense area are small (3.2 KiB on 64 bits).
+    /// 512 bytes per slot take what is not bulk data (WireGuard's handshakes and keepalives, control messages)
+    /// and a GRO train of eight 64-byte datagrams from the relay; a 1400-byte datagram spills a page of the
+    /// overflow. Four slots, four messages of at most two pieces each. Tried (docs/BENCHMARKS.md): 256 bytes
+    /// per slot made the relay's trains spill (3.7 MiB more at 1000 busy tunnels), two slots cost the inside
+    /// 15-25 % more CPU per datagram.
     pub const TUNNEL: Shape = Shape {
         slots: 4,
         dense: 512,
         msgs: 4,
-        iovs: 16,
+        iovs: 8,
         group: false,
     };
 }
@@ -133,7 +137,7 @@ union Name {
 #[derive(Clone, Copy)]
 struct Ctrl([u8; 32]);
 
-/// Where each array lives in the mapping.
+/// Where each array lives in the block.
 struct Layout {
     rhdr: usize,
     riov: usize,
@@ -144,7 +148,6 @@ struct Layout {
     sname: usize,
     sctrl: usize,
     dense: usize,
-    overflow: usize,
     len: usize,
 }
 
@@ -165,8 +168,6 @@ impl Layout {
         let sname = put::<Name>(&mut at, s.msgs);
         let sctrl = put::<Ctrl>(&mut at, s.msgs);
         let dense = put::<u8>(&mut at, s.slots * s.dense);
-        let overflow = at.next_multiple_of(4096);
-        let len = overflow + s.slots * OVERFLOW;
         Layout {
             rhdr,
             riov,
@@ -177,8 +178,7 @@ impl Layout {
             sname,
             sctrl,
             dense,
-            overflow,
-            len,
+            len: at,
         }
     }
 
@@ -188,9 +188,40 @@ impl Layout {
     }
 }
 
-/// One socket's receive slots and send queue, in one mapping.
+/// Zeroed heap memory with the alignment every header type needs.
+struct Block {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// Plain memory owned by one thread at a time, like Mapped.
+unsafe impl Send for Block {}
+
+impl Block {
+    const ALIGN: usize = 16;
+
+    fn zeroed(len: usize) -> io::Result<Block> {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), Self::ALIGN)
+            .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        // SAFETY: a non-zero size; the result is checked for null and freed with the same layout in Drop.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        std::ptr::NonNull::new(ptr)
+            .map(|ptr| Block { ptr, layout })
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // SAFETY: allocated in Block::zeroed with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// One socket's receive slots and send queue: headers and dense area in a heap block, overflow in a mapping.
 pub struct Batch {
-    mem: Mapped,
+    mem: Block,
+    over: Mapped,
     shape: Shape,
     at: Layout,
     offload: Offload,
@@ -251,10 +282,15 @@ impl Batch {
             }
         };
         let at = Layout::of(shape);
-        let mem = Mapped::new(at.len)?;
+        const _: () = assert!(
+            align_of::<libc::mmsghdr>() <= Block::ALIGN && align_of::<Ctrl>() <= Block::ALIGN
+        );
+        let mem = Block::zeroed(at.len)?;
+        let over = Mapped::new(shape.slots * OVERFLOW)?;
         let gro_on = offload.gro && net::set_int_option(sock, libc::SOL_UDP, UDP_GRO, 1).is_ok();
         let mut b = Batch {
             mem,
+            over,
             shape,
             at,
             offload,
@@ -280,18 +316,19 @@ impl Batch {
     }
 
     fn ptr<T>(&self, offset: usize) -> *mut T {
-        // SAFETY: every offset comes from Layout::of, within the mapping and aligned for T.
-        unsafe { self.mem.as_ptr().cast_mut().add(offset).cast() }
+        // SAFETY: every offset comes from Layout::of, within the block and aligned for T.
+        unsafe { self.mem.ptr.as_ptr().add(offset).cast() }
     }
 
     /// Point every receive header at its iovecs, name and control buffer, once.
     fn wire_receive(&mut self) {
         for i in 0..self.shape.slots {
             let dense = self.ptr::<u8>(self.at.dense + i * self.shape.dense);
-            let over = self.ptr::<u8>(self.at.overflow + i * OVERFLOW);
+            // SAFETY: slot i's overflow is inside the overflow mapping.
+            let over = unsafe { self.over.as_ptr().cast_mut().add(i * OVERFLOW) };
             let iov = self.ptr::<libc::iovec>(self.at.riov + 2 * i * size_of::<libc::iovec>());
             let hdr = self.ptr::<libc::mmsghdr>(self.at.rhdr + i * size_of::<libc::mmsghdr>());
-            // SAFETY: all pointers are inside the mapping (Layout), properly aligned, and owned by self.
+            // SAFETY: all pointers are inside the block (Layout) or the overflow, aligned, and owned by self.
             unsafe {
                 *iov = libc::iovec {
                     iov_base: dense.cast(),
@@ -320,7 +357,7 @@ impl Batch {
         self.filled = 0;
         for i in 0..self.shape.slots {
             let hdr = self.ptr::<libc::mmsghdr>(self.at.rhdr + i * size_of::<libc::mmsghdr>());
-            // SAFETY: a header inside the mapping.
+            // SAFETY: a header inside the block.
             unsafe {
                 let h = &mut (*hdr).msg_hdr;
                 h.msg_namelen = size_of::<Name>() as libc::socklen_t;
@@ -379,7 +416,7 @@ impl Batch {
         let dense = self.shape.dense;
         let big = (0..self.filled).any(|i| {
             let hdr = self.ptr::<libc::mmsghdr>(self.at.rhdr + i * size_of::<libc::mmsghdr>());
-            // SAFETY: a header inside the mapping, just filled by the kernel.
+            // SAFETY: a header inside the block, just filled by the kernel.
             unsafe { (*hdr).msg_len as usize > dense }
         });
         if big {
@@ -399,12 +436,11 @@ impl Batch {
         if !self.overflow_dirty {
             return;
         }
-        let len = self.shape.slots * OVERFLOW;
-        // SAFETY: the overflow part of our own mapping; nothing borrows it (&mut self).
+        // SAFETY: our own overflow mapping, whole; nothing borrows it (&mut self).
         unsafe {
             libc::madvise(
-                self.ptr::<u8>(self.at.overflow).cast(),
-                len,
+                self.over.as_ptr().cast_mut().cast(),
+                self.over.len(),
                 libc::MADV_DONTNEED,
             );
         }
@@ -416,16 +452,16 @@ impl Batch {
     /// a copy. The queue is sent when the returned [`Tx`] is finished or dropped.
     pub fn split<'a>(&'a mut self, sock: &'a UdpSocket) -> (Received<'a>, Tx<'a>) {
         let rx = Received {
-            mem: self.mem.as_ptr(),
+            mem: self.mem.ptr.as_ptr(),
+            over: self.over.as_ptr(),
             shape: self.shape,
             rhdr: self.at.rhdr,
             dense: self.at.dense,
-            overflow: self.at.overflow,
             filled: self.filled,
             gro: self.gro_on,
             _life: PhantomData,
         };
-        let base = self.mem.as_mut_ptr();
+        let base = self.mem.ptr.as_ptr();
         let tx = Tx {
             base,
             shape: self.shape,
@@ -447,10 +483,10 @@ impl Batch {
 #[derive(Clone, Copy)]
 pub struct Received<'a> {
     mem: *const u8,
+    over: *const u8,
     shape: Shape,
     rhdr: usize,
     dense: usize,
-    overflow: usize,
     filled: usize,
     gro: bool,
     _life: PhantomData<&'a [u8]>,
@@ -501,7 +537,7 @@ impl<'a> From<&'a [u8]> for Parts<'a> {
 
 impl<'a> Received<'a> {
     fn hdr(&self, slot: usize) -> &'a libc::mmsghdr {
-        // SAFETY: a header inside the mapping, not written while this view lives.
+        // SAFETY: a header inside the block, not written while this view lives.
         unsafe {
             &*self
                 .mem
@@ -540,7 +576,7 @@ impl<'a> Received<'a> {
         if h.msg_controllen == 0 {
             return None;
         }
-        // SAFETY: the kernel filled msg_control (inside the mapping) with msg_controllen bytes of cmsgs.
+        // SAFETY: the kernel filled msg_control (inside the block) with msg_controllen bytes of cmsgs.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(h);
             while !c.is_null() {
@@ -557,18 +593,23 @@ impl<'a> Received<'a> {
     /// A datagram's bytes.
     pub fn parts(&self, d: &Datagram) -> Parts<'a> {
         let (d_len, start, end) = (self.shape.dense, d.off, d.off + d.len);
-        let dense_base = self.dense + d.slot * d_len;
-        let over_base = self.overflow + d.slot * OVERFLOW;
-        let piece = |base: usize, from: usize, to: usize| -> &'a [u8] {
+        // SAFETY: the slot's dense area in the block and its overflow in the mapping.
+        let (dense, over) = unsafe {
+            (
+                self.mem.add(self.dense + d.slot * d_len),
+                self.over.add(d.slot * OVERFLOW),
+            )
+        };
+        let piece = |base: *const u8, from: usize, to: usize| -> &'a [u8] {
             if from >= to {
                 return &[];
             }
-            // SAFETY: within the slot's area of the mapping, written by the last receive.
-            unsafe { std::slice::from_raw_parts(self.mem.add(base + from), to - from) }
+            // SAFETY: within the slot's area, written by the last receive.
+            unsafe { std::slice::from_raw_parts(base.add(from), to - from) }
         };
         Parts(
-            piece(dense_base, start.min(d_len), end.min(d_len)),
-            piece(over_base, start.max(d_len) - d_len, end.max(d_len) - d_len),
+            piece(dense, start.min(d_len), end.min(d_len)),
+            piece(over, start.max(d_len) - d_len, end.max(d_len) - d_len),
         )
     }
 }
@@ -591,7 +632,7 @@ pub struct Tx<'a> {
 
 impl<'a> Tx<'a> {
     fn hdr(&self, m: usize) -> *mut libc::mmsghdr {
-        // SAFETY: m < shape.msgs, inside the mapping.
+        // SAFETY: m < shape.msgs, inside the block.
         unsafe {
             self.base
                 .add(self.shdr + m * size_of::<libc::mmsghdr>())
@@ -600,7 +641,7 @@ impl<'a> Tx<'a> {
     }
 
     fn iov(&self, i: usize) -> *mut libc::iovec {
-        // SAFETY: i < send_iovs, inside the mapping.
+        // SAFETY: i < send_iovs, inside the block.
         unsafe {
             self.base
                 .add(self.siov + i * size_of::<libc::iovec>())
@@ -689,7 +730,7 @@ impl<'a> Tx<'a> {
         let name = self.base.wrapping_add(self.sname + m * size_of::<Name>());
         let namelen = addr_to_name(to, name.cast());
         let iov = self.iov(self.st.iovs);
-        // SAFETY: header m < shape.msgs, inside the mapping.
+        // SAFETY: header m < shape.msgs, inside the block.
         unsafe {
             let h = &mut *self.hdr(m);
             h.msg_hdr = std::mem::zeroed();
@@ -809,7 +850,7 @@ impl<'a> Tx<'a> {
 
     fn set_segment(&mut self, m: usize, seg: u16) {
         let ctrl = self.base.wrapping_add(self.sctrl + m * size_of::<Ctrl>());
-        // SAFETY: header m and its control buffer are inside the mapping; CMSG_* walk that buffer.
+        // SAFETY: header m and its control buffer are inside the block; CMSG_* walk that buffer.
         unsafe {
             let h = &mut (*self.hdr(m)).msg_hdr;
             h.msg_control = ctrl.cast();
@@ -878,7 +919,7 @@ impl Drop for Tx<'_> {
 
 /// Write `addr` as a sockaddr at `name`; its length.
 fn addr_to_name(addr: SocketAddr, name: *mut Name) -> libc::socklen_t {
-    // SAFETY: name points at a Name inside the mapping; fully written before use.
+    // SAFETY: name points at a Name inside the block; fully written before use.
     unsafe {
         match addr {
             SocketAddr::V4(a) => {
@@ -1257,6 +1298,14 @@ mod tests {
         assert!(!batch.overflow_dirty);
         a.send_to(&payload(2, 20000), to).unwrap();
         assert_eq!(take(&mut batch, &b, 1)[0].1, payload(2, 20000));
+    }
+
+    /// A thousand tunnels: each tunnel's block of headers and dense area stays well under the page it took as a
+    /// mapping of its own (blocks are packed on the heap), which is what a thousand tunnels' memory is made of.
+    #[test]
+    fn a_tunnel_block_is_well_under_a_page() {
+        let len = Layout::of(Shape::TUNNEL).len;
+        assert!(len <= 3400, "{len} bytes");
     }
 
     #[test]
