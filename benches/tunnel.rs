@@ -154,7 +154,13 @@ fn run() -> Res<()> {
                 } else {
                     vec![me]
                 };
-                let r = rate_run(&pool[..n], &pids, load);
+                // RUT_BENCH_PERF=1: a CPU profile of every process of the tunnel path during the first
+                // repetition's windows, for `perf report` (docs/BENCHMARKS.md: where the time goes).
+                let profile = (p == 1 && rep == 1 && std::env::var_os("RUT_BENCH_PERF").is_some())
+                    .then(|| {
+                        logs.join(format!("perf-{}x{}-{}B.data", n, load.window, load.payload))
+                    });
+                let r = rate_run(&pool[..n], &pids, load, profile.as_deref());
                 let cpu = match (r.cpu_us.as_slice(), r.csw.as_slice()) {
                     ([h], _) => format!("; CPU per round trip: harness {h:.1} µs"),
                     ([h, relay, inside], [_, rcs, ics]) => {
@@ -664,7 +670,7 @@ struct Ctl {
 
 /// Closed loop: every client keeps `load.window` datagrams outstanding. Warm-up until every client got a reply
 /// (deadline 10 s) + SETTLE, then replies are counted for MEASURE.
-fn rate_run(clients: &[UdpSocket], pids: &[u32], load: Load) -> Rate {
+fn rate_run(clients: &[UdpSocket], pids: &[u32], load: Load, profile: Option<&Path>) -> Rate {
     let ctl = Ctl {
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
@@ -689,10 +695,14 @@ fn rate_run(clients: &[UdpSocket], pids: &[u32], load: Load) -> Rate {
             .iter()
             .map(|&p| (cpu_ticks(p), ctx_switches(p)))
             .collect();
+        let perf = profile.and_then(|out| perf_record(pids, out));
         ctl.measuring.store(true, Relaxed);
         let t0 = Instant::now();
         thread::sleep(MEASURE);
         ctl.measuring.store(false, Relaxed);
+        if let Some(perf) = perf {
+            perf_stop(perf);
+        }
         let secs = t0.elapsed().as_secs_f64();
         let after: Vec<(u64, u64)> = pids
             .iter()
@@ -718,6 +728,37 @@ fn rate_run(clients: &[UdpSocket], pids: &[u32], load: Load) -> Rate {
         warmup_ms,
         rearms: ctl.rearms.load(Relaxed),
         silent: n - ctl.answered.load(Relaxed),
+    }
+}
+
+/// `perf record` of these processes (all their threads) with call graphs, sampling CPU time; None (said
+/// once) where perf is missing. Stopped by [`perf_stop`].
+fn perf_record(pids: &[u32], out: &Path) -> Option<Child> {
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let child = Command::new("perf")
+        .args(["record", "-q", "-e", "cpu-clock", "-F", "2999", "-g", "-o"])
+        .arg(out)
+        .args(["-p", &list.join(",")])
+        .stdout(Stdio::null())
+        .spawn();
+    match child {
+        Ok(c) => {
+            thread::sleep(Duration::from_millis(200)); // attached before the window opens
+            Some(c)
+        }
+        Err(e) => {
+            eprintln!("RUT_BENCH_PERF: cannot run perf: {e}");
+            None
+        }
+    }
+}
+
+fn perf_stop(mut perf: Child) {
+    // SAFETY: a signal to our own child, whose pid we hold.
+    unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
+    if wait_deadline(&mut perf, Duration::from_secs(30)).is_none() {
+        let _ = perf.kill();
+        let _ = perf.wait();
     }
 }
 
@@ -1060,15 +1101,20 @@ fn table(
         );
     }
     let at = |c: usize, p: usize| LOADS.iter().position(|l| l.is(c, p)).unwrap();
-    let r16 = median(&rate[at(16, PAYLOAD)][1]);
+    let (d16, r16) = (
+        median(&rate[at(16, PAYLOAD)][0]),
+        median(&rate[at(16, PAYLOAD)][1]),
+    );
     for (i, load) in LOADS.iter().enumerate() {
         let (d, t) = (median(&rate[i][0]), median(&rate[i][1]));
         let target = if load.is(16, PAYLOAD) || load.is(1, BULK) {
             format!("≥ 0.6× direct | {} |", verdict(t / d >= 0.6))
         } else if load.is(1000, PAYLOAD) {
+            // Beside it the same ratio of the direct path: what the harness itself loses with 1000 sockets.
             format!(
-                "≥ 0.9× 16-client tunnel ({:.2}×) | {} |",
+                "≥ 0.9× 16-client tunnel ({:.2}×; direct path {:.2}×) | {} |",
                 t / r16,
+                d / d16,
                 verdict(t / r16 >= 0.9)
             )
         } else {
