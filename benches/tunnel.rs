@@ -917,10 +917,12 @@ impl Drop for Epoll {
     }
 }
 
-/// Memory and size of a process (from /proc): RSS and peak RSS in MiB, threads, sockets.
+/// Memory and size of a process (from /proc): RSS, peak RSS and the anonymous part of RSS in MiB (RSS less the
+/// file pages of libc and the binary, which other processes share), threads, sockets.
 struct Mem {
     rss: f64,
     hwm: f64,
+    anon: f64,
     threads: f64,
     sockets: usize,
 }
@@ -940,6 +942,7 @@ fn proc_status(pid: u32) -> Mem {
     Mem {
         rss: field("VmRSS:") / 1024.0,
         hwm: field("VmHWM:") / 1024.0,
+        anon: field("RssAnon:") / 1024.0,
         threads: field("Threads:"),
         sockets: sockets(pid),
     }
@@ -1161,8 +1164,8 @@ fn table(
         };
         let _ = writeln!(
             out,
-            "| {name} at 1000 tunnels: RSS (peak), threads, sockets | | {:.1} MiB ({:.1}), {}, {} | | {target}",
-            m.rss, m.hwm, m.threads, m.sockets
+            "| {name} at 1000 tunnels: RSS (peak; anonymous), threads, sockets | | {:.1} MiB ({:.1}; {:.1}), {}, {} | | {target}",
+            m.rss, m.hwm, m.anon, m.threads, m.sockets
         );
     }
 }
