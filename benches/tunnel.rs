@@ -120,11 +120,13 @@ fn run() -> Res<()> {
         for (p, sock) in [&direct_lat, &tunnel_lat].into_iter().enumerate() {
             // Where a tail comes from: time our threads spent runnable but waiting for a CPU (schedstat),
             // and when the slow round trips happened (a periodic cause would show as a period).
-            let waited = run_queue_wait_ns(&everyone);
+            // And the host's share: time our vCPUs wanted to run but the hypervisor ran something else.
+            let (waited, stolen) = (run_queue_wait_ns(&everyone), steal_ms());
             let l = latency(sock).map_err(|e| format!("{} latency: {e}", PATH[p]))?;
             let waited = (run_queue_wait_ns(&everyone) - waited) as f64 / 1e3 / l.count as f64;
+            let stolen = steal_ms() - stolen;
             println!(
-                "rep {rep} {:6} RTT p50 {:7.1} µs  p99 {:7.1} µs  p999 {:7.1} µs  lost {}; waiting for a CPU {waited:.1} µs per round trip; over 1 ms: {}",
+                "rep {rep} {:6} RTT p50 {:7.1} µs  p99 {:7.1} µs  p999 {:7.1} µs  lost {}; waiting for a CPU {waited:.1} µs per round trip; host steal {stolen:.0} ms; over 1 ms: {}",
                 PATH[p], l.p50, l.p99, l.p999, l.lost, l.slow_summary()
             );
             lat[p].push(l);
@@ -1001,6 +1003,19 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// Milliseconds of "steal" of all CPUs (/proc/stat): a virtual CPU runnable but not run by the host. Counted
+/// in clock ticks (10 ms), so only a large share shows.
+fn steal_ms() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks = stat
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(8))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    ticks * 1e3 / clock_ticks()
 }
 
 /// Nanoseconds the threads of these processes spent runnable but not running (field 2 of schedstat).
