@@ -123,7 +123,9 @@ fn run() -> Res<()> {
             // And the host's share: time our vCPUs wanted to run but the hypervisor ran something else.
             let (waited, stolen) = (run_queue_wait_ns(&everyone), steal_ms());
             let l = latency(sock).map_err(|e| format!("{} latency: {e}", PATH[p]))?;
-            let waited = (run_queue_wait_ns(&everyone) - waited) as f64 / 1e3 / l.count as f64;
+            // Saturating: a thread that ended meanwhile (an idle tunnel) takes its part of the first sum along.
+            let waited =
+                run_queue_wait_ns(&everyone).saturating_sub(waited) as f64 / 1e3 / l.count as f64;
             let stolen = steal_ms() - stolen;
             println!(
                 "rep {rep} {:6} RTT p50 {:7.1} µs  p99 {:7.1} µs  p999 {:7.1} µs  lost {}; waiting for a CPU {waited:.1} µs per round trip; host steal {stolen:.0} ms; over 1 ms: {}",
