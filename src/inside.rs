@@ -128,25 +128,20 @@ impl Shell {
         let spawned = std::thread::Builder::new()
             .name("resolve".into())
             .spawn(move || {
-                let mut warn = Every::new(REWARN_UNRESOLVED);
-                for attempt in 0.. {
+                let mut retries = net::Retries::new(REWARN_UNRESOLVED);
+                loop {
                     match net::resolve(&name) {
                         Ok(addr) => {
                             let _ = tx.send(Wake::Input(Input::Resolved { relay, addr }));
                             return;
                         }
                         Err(e) => {
-                            // Warned now and every few minutes while it lasts; the retries in between at debug.
-                            let level = if warn.due(Instant::now()) {
-                                log::Level::Warn
-                            } else {
-                                log::Level::Debug
-                            };
+                            let (level, wait) = retries.failed(Instant::now());
                             log::log!(
                                 level,
                                 "cannot resolve {name}: {e}; retrying after 1, 2, 4 … 30 s"
                             );
-                            std::thread::sleep(net::backoff(attempt, Duration::from_secs(30)));
+                            std::thread::sleep(wait);
                         }
                     }
                 }
