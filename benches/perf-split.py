@@ -3,9 +3,11 @@
 
     python3 benches/perf-split.py target/release/bench-logs/perf-16x8-64B.data
 
-For each process (the bench harness, the relay, the inside agent): its share of the CPU samples, and each
-sample placed by its call stack: in user space, in a system call (the first __x64_sys_* frame; "sleeping or
-being woken" when __schedule is on the stack too), or elsewhere in the kernel. On loopback a send does the
+For each process (the bench harness, the relay, the inside agent, as named in the FILE.pids the bench writes
+beside it): its share of the CPU samples, and each sample placed by its call stack: in user space, in a system
+call (the first __x64_sys_* frame; "switching out" when __schedule is on the stack too: the thread's own cost of
+going to sleep or being switched; the cost of waking a thread is in the waker's send), or elsewhere in the
+kernel. On loopback a send does the
 receiver's work as well (the kernel delivers the datagram to the receiving socket and wakes its reader inside
 the sender's call), so sendmmsg/sendto carry most of each hop.
 """
@@ -33,7 +35,7 @@ def place(frames):
         return "user"
     call = next((m.group(1) for f in frames for m in [re.match(r"__(?:x64|se|do)_sys_(\w+)", f)] if m), None)
     if call and any(f.startswith("__schedule") for f in frames):
-        return call + " (sleeping or being woken)"
+        return call + " (switching out)"
     return call or "kernel, outside a system call"
 
 
@@ -45,9 +47,19 @@ def main(path):
         per[pid][place(frames)] += 1
     total = sum(sum(c.values()) for c in per.values()) or 1
 
+    roles = {}
+    try:
+        with open(path + ".pids") as f:
+            roles = dict(line.split() for line in f if line.strip())
+    except OSError:
+        pass
+
     def name(pid):
-        if any(re.fullmatch(r"tunnel-\d+", c) for c in comms[pid]):
-            return "inside"  # its tunnel threads are named tunnel-N
+        if pid in roles:
+            return roles[pid]
+        # Without the .pids file, a guess: the inside's tunnel threads are named tunnel-N.
+        if any(re.fullmatch(r"tunnel-\d{1,7}", c) for c in comms[pid]):
+            return "inside"
         if any(c.startswith("reverse-udp") for c in comms[pid]):
             return "relay"
         return "harness"

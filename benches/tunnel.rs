@@ -123,9 +123,14 @@ fn run() -> Res<()> {
             // And the host's share: time our vCPUs wanted to run but the hypervisor ran something else.
             let (waited, stolen) = (run_queue_wait_ns(&everyone), steal_ms());
             let l = latency(sock).map_err(|e| format!("{} latency: {e}", PATH[p]))?;
-            // Saturating: a thread that ended meanwhile (an idle tunnel) takes its part of the first sum along.
-            let waited =
-                run_queue_wait_ns(&everyone).saturating_sub(waited) as f64 / 1e3 / l.count as f64;
+            // Per thread: one that ended meanwhile (an idle tunnel) counts as having waited no longer, and one
+            // that started counts from zero.
+            let after = run_queue_wait_ns(&everyone);
+            let waited: u64 = after
+                .iter()
+                .map(|(tid, ns)| ns.saturating_sub(waited.get(tid).copied().unwrap_or(0)))
+                .sum();
+            let waited = waited as f64 / 1e3 / l.count as f64;
             let stolen = steal_ms() - stolen;
             println!(
                 "rep {rep} {:6} RTT p50 {:7.1} µs  p99 {:7.1} µs  p999 {:7.1} µs  lost {}; waiting for a CPU {waited:.1} µs per round trip; host steal {stolen:.0} ms; over 1 ms: {}",
@@ -695,23 +700,24 @@ fn rate_run(clients: &[UdpSocket], pids: &[u32], load: Load, profile: Option<&Pa
         }
         let warmup_ms = t.elapsed().as_millis();
         thread::sleep(SETTLE);
+        // The profiler is attached before and stopped after the window, outside what is counted.
+        let perf = profile.and_then(|out| perf_record(pids, out));
         let before: Vec<(u64, u64)> = pids
             .iter()
             .map(|&p| (cpu_ticks(p), ctx_switches(p)))
             .collect();
-        let perf = profile.and_then(|out| perf_record(pids, out));
         ctl.measuring.store(true, Relaxed);
         let t0 = Instant::now();
         thread::sleep(MEASURE);
         ctl.measuring.store(false, Relaxed);
-        if let Some(perf) = perf {
-            perf_stop(perf);
-        }
         let secs = t0.elapsed().as_secs_f64();
         let after: Vec<(u64, u64)> = pids
             .iter()
             .map(|&p| (cpu_ticks(p), ctx_switches(p)))
             .collect();
+        if let Some(perf) = perf {
+            perf_stop(perf);
+        }
         *usage.lock().unwrap() = before
             .into_iter()
             .zip(after)
@@ -735,10 +741,14 @@ fn rate_run(clients: &[UdpSocket], pids: &[u32], load: Load, profile: Option<&Pa
     }
 }
 
-/// `perf record` of these processes (all their threads) with call graphs, sampling CPU time; None (said
-/// once) where perf is missing. Stopped by [`perf_stop`].
+/// `perf record` of these processes (all their threads: harness, relay, inside, in that order) with call graphs,
+/// sampling CPU time; None (said on each window) where perf is missing. Stopped by [`perf_stop`]. Which pid is
+/// which goes to OUT.pids, for benches/perf-split.py.
 fn perf_record(pids: &[u32], out: &Path) -> Option<Child> {
     let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let names = ["harness", "relay", "inside"].iter().zip(&list);
+    let roles: String = names.map(|(n, p)| format!("{p} {n}\n")).collect();
+    let _ = fs::write(format!("{}.pids", out.display()), roles);
     let child = Command::new("perf")
         .args(["record", "-q", "-e", "cpu-clock", "-F", "2999", "-g", "-o"])
         .arg(out)
@@ -1020,23 +1030,24 @@ fn steal_ms() -> f64 {
     ticks * 1e3 / clock_ticks()
 }
 
-/// Nanoseconds the threads of these processes spent runnable but not running (field 2 of schedstat).
-fn run_queue_wait_ns(pids: &[u32]) -> u64 {
-    let mut sum = 0;
+/// Nanoseconds each thread (by tid) of these processes spent runnable but not running (field 2 of schedstat).
+fn run_queue_wait_ns(pids: &[u32]) -> std::collections::HashMap<String, u64> {
+    let mut per_thread = std::collections::HashMap::new();
     for pid in pids {
         let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
         for t in tasks.flatten() {
             let stat = fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-            sum += stat
+            let ns = stat
                 .split_whitespace()
                 .nth(1)
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
+            per_thread.insert(t.file_name().to_string_lossy().into_owned(), ns);
         }
     }
-    sum
+    per_thread
 }
 
 /// Voluntary + involuntary context switches of all threads of a process.

@@ -311,7 +311,7 @@ impl Batch {
         for i in 0..self.shape.slots {
             let dense = self.ptr::<u8>(self.at.dense + i * self.shape.dense);
             // SAFETY: slot i's overflow is inside the overflow mapping.
-            let over = unsafe { self.over.as_ptr().cast_mut().add(i * OVERFLOW) };
+            let over = unsafe { self.over.as_mut_ptr().add(i * OVERFLOW) };
             let iov = self.ptr::<libc::iovec>(self.at.riov + 2 * i * size_of::<libc::iovec>());
             let hdr = self.ptr::<libc::mmsghdr>(self.at.rhdr + i * size_of::<libc::mmsghdr>());
             // SAFETY: all pointers are inside the block (Layout) or the overflow, aligned, and owned by self.
@@ -425,7 +425,7 @@ impl Batch {
         // SAFETY: our own overflow mapping, whole; nothing borrows it (&mut self).
         unsafe {
             libc::madvise(
-                self.over.as_ptr().cast_mut().cast(),
+                self.over.as_mut_ptr().cast(),
                 self.over.len(),
                 libc::MADV_DONTNEED,
             );
