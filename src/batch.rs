@@ -13,7 +13,7 @@
 //! Memory: a heap block per [`Batch`] holds the message headers and a small dense area per slot that takes
 //! ordinary datagrams; a lazily touched mapping holds a 64 KiB overflow per slot (scattered into by the kernel)
 //! that is only touched by big datagrams or GRO trains. A tunnel thread's block is 3.3 KiB, packed on the heap
-//! with the others instead of taking a page of its own (about 0.9 MiB less at 1000 tunnels).
+//! with the others instead of taking a page of its own (about 0.7 MiB less at 1000 tunnels).
 //!
 //! Here: the memory layout and the receive. `batch/received.rs` reads what a receive returned, `batch/send.rs`
 //! queues and sends, `batch/probe.rs` finds what the kernel offers.
@@ -124,7 +124,7 @@ impl Shape {
     /// 512 bytes per slot take what is not bulk data (WireGuard's handshakes and keepalives, control messages)
     /// and a GRO train of eight 64-byte datagrams from the relay; a 1400-byte datagram spills a page of the
     /// overflow. 16 iovecs: a train from the relay is forwarded as one piece per datagram. Tried
-    /// (docs/BENCHMARKS.md): 256 bytes per slot made the relay's trains spill (3.7 MiB more at 1000 busy
+    /// (docs/BENCHMARKS.md): 256 bytes per slot made the relay's trains spill (4.4 MiB more at 1000 busy
     /// tunnels), two slots cost the inside 15-25 % more CPU per datagram.
     pub const TUNNEL: Shape = Shape {
         slots: 4,
