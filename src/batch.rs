@@ -284,12 +284,8 @@ impl Batch {
             gro_on,
             overflow_dirty: false,
             quiet: 0,
-            send: SendState::default(),
+            send: SendState::new(shape),
         };
-        b.send.gso = Vec::with_capacity(shape.msgs);
-        if shape.group {
-            b.send.items = Vec::with_capacity(shape.msgs);
-        }
         b.wire_receive();
         Ok(b)
     }
@@ -437,30 +433,23 @@ impl Batch {
     /// What the last receive returned, and a send queue, usable together: datagrams can be forwarded without
     /// a copy. The queue is sent when the returned [`Tx`] is finished or dropped.
     pub fn split<'a>(&'a mut self, sock: &'a UdpSocket) -> (Received<'a>, Tx<'a>) {
-        let rx = Received {
-            mem: self.mem.ptr.as_ptr(),
-            over: self.over.as_ptr(),
-            shape: self.shape,
-            rhdr: self.at.rhdr,
-            dense: self.at.dense,
-            filled: self.filled,
-            gro: self.gro_on,
-            _life: PhantomData,
-        };
         let base = self.mem.ptr.as_ptr();
-        let tx = Tx {
+        let rx = Received::new(
             base,
-            shape: self.shape,
-            shdr: self.at.shdr,
-            siov: self.at.siov,
-            sname: self.at.sname,
-            sctrl: self.at.sctrl,
-            offload: &mut self.offload,
-            st: &mut self.send,
+            self.over.as_ptr(),
+            self.shape,
+            &self.at,
+            self.filled,
+            self.gro_on,
+        );
+        let tx = Tx::new(
+            base,
+            self.shape,
+            &self.at,
+            &mut self.offload,
+            &mut self.send,
             sock,
-            errors: 0,
-            _life: PhantomData,
-        };
+        );
         (rx, tx)
     }
 }

@@ -6,14 +6,14 @@ use super::*;
 /// The datagrams of the last receive (a read-only view of the batch).
 #[derive(Clone, Copy)]
 pub struct Received<'a> {
-    pub(super) mem: *const u8,
-    pub(super) over: *const u8,
-    pub(super) shape: Shape,
-    pub(super) rhdr: usize,
-    pub(super) dense: usize,
-    pub(super) filled: usize,
-    pub(super) gro: bool,
-    pub(super) _life: PhantomData<&'a [u8]>,
+    mem: *const u8,
+    over: *const u8,
+    shape: Shape,
+    rhdr: usize,
+    dense: usize,
+    filled: usize,
+    gro: bool,
+    _life: PhantomData<&'a [u8]>,
 }
 
 /// One received datagram: its source and where its bytes are.
@@ -60,6 +60,27 @@ impl<'a> From<&'a [u8]> for Parts<'a> {
 }
 
 impl<'a> Received<'a> {
+    /// The view of a batch's block (`mem`) and overflow (`over`) after a receive that filled `filled` slots.
+    pub(super) fn new(
+        mem: *const u8,
+        over: *const u8,
+        shape: Shape,
+        at: &Layout,
+        filled: usize,
+        gro: bool,
+    ) -> Received<'a> {
+        Received {
+            mem,
+            over,
+            shape,
+            rhdr: at.rhdr,
+            dense: at.dense,
+            filled,
+            gro,
+            _life: PhantomData,
+        }
+    }
+
     pub(super) fn hdr(&self, slot: usize) -> &'a libc::mmsghdr {
         // SAFETY: a header inside the block, not written while this view lives.
         unsafe {

@@ -6,24 +6,34 @@ use super::*;
 /// The queued messages: the last one is still open to more segments.
 #[derive(Default)]
 pub(super) struct SendState {
-    pub(super) msgs: usize,
-    pub(super) iovs: usize,
+    msgs: usize,
+    iovs: usize,
     /// Of the open message: destination, segment size, segments, bytes, and whether a short last segment closed it.
-    pub(super) to: Option<SocketAddr>,
-    pub(super) seg: usize,
-    pub(super) segs: usize,
-    pub(super) bytes: usize,
-    pub(super) closed: bool,
+    to: Option<SocketAddr>,
+    seg: usize,
+    segs: usize,
+    bytes: usize,
+    closed: bool,
     /// Segment size of each queued message (0: a single datagram).
-    pub(super) gso: Vec<u16>,
+    gso: Vec<u16>,
     /// Bytes owned by the queue until it is flushed (control messages built for this round).
-    pub(super) owned: Vec<Vec<u8>>,
+    owned: Vec<Vec<u8>>,
     /// Datagrams queued for grouping (Shape::group), as raw pieces that live for the Tx's lifetime.
-    pub(super) items: Vec<Item>,
+    items: Vec<Item>,
+}
+
+impl SendState {
+    pub(super) fn new(shape: Shape) -> SendState {
+        SendState {
+            gso: Vec::with_capacity(shape.msgs),
+            items: Vec::with_capacity(if shape.group { shape.msgs } else { 0 }),
+            ..SendState::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
-pub(super) struct Item {
+struct Item {
     to: SocketAddr,
     pieces: [(*const u8, usize); 2],
 }
@@ -31,20 +41,45 @@ pub(super) struct Item {
 /// The send queue of one round. Queued bytes must live as long as the batch borrow (`'a`): received datagrams
 /// and the caller's own buffers do; built messages are handed over with [`Tx::push_owned`].
 pub struct Tx<'a> {
-    pub(super) base: *mut u8,
-    pub(super) shape: Shape,
-    pub(super) shdr: usize,
-    pub(super) siov: usize,
-    pub(super) sname: usize,
-    pub(super) sctrl: usize,
+    base: *mut u8,
+    shape: Shape,
+    shdr: usize,
+    siov: usize,
+    sname: usize,
+    sctrl: usize,
+    /// Read by the probe after a flush: what the kernel turned out to offer, and what it refused.
     pub(super) offload: &'a mut Offload,
-    pub(super) st: &'a mut SendState,
-    pub(super) sock: &'a UdpSocket,
+    st: &'a mut SendState,
+    sock: &'a UdpSocket,
     pub(super) errors: usize,
-    pub(super) _life: PhantomData<&'a [u8]>,
+    _life: PhantomData<&'a [u8]>,
 }
 
 impl<'a> Tx<'a> {
+    /// The send queue over a batch's block (`base`), whose send headers `at` places.
+    pub(super) fn new(
+        base: *mut u8,
+        shape: Shape,
+        at: &Layout,
+        offload: &'a mut Offload,
+        st: &'a mut SendState,
+        sock: &'a UdpSocket,
+    ) -> Tx<'a> {
+        Tx {
+            base,
+            shape,
+            shdr: at.shdr,
+            siov: at.siov,
+            sname: at.sname,
+            sctrl: at.sctrl,
+            offload,
+            st,
+            sock,
+            errors: 0,
+            _life: PhantomData,
+        }
+    }
+
     fn hdr(&self, m: usize) -> *mut libc::mmsghdr {
         // SAFETY: m < shape.msgs, inside the block.
         unsafe {
