@@ -10,7 +10,12 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The options both sides share in most tests.
+/// The options both sides share in most tests. Keepalives are 10 s apart: the relay forgets a tunnel it has not
+/// heard from for two intervals, and a test that is not about keepalives must not fail because a loaded machine
+/// stalled a process for a second or two. Nothing on a correct path waits for the interval: a tunnel's first
+/// keepalive goes out at once.
+const STEADY: &[&str] = &["-k", KEY, "--keepaliveInterval", "10"];
+/// For the tests about keepalives, their loss, and what the relay forgets: one a second.
 const FAST: &[&str] = &["-k", KEY, "--keepaliveInterval", "1"];
 
 fn with<'a>(base: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
@@ -19,9 +24,18 @@ fn with<'a>(base: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
 
 /// Echo service, relay on 127.0.0.1 and an inside agent with at least one spare registered.
 fn tunnel(relay_opts: &[&str], inside_opts: &[&str]) -> (Echo, Agent, SocketAddr, Agent) {
+    tunnel_with(STEADY, relay_opts, inside_opts)
+}
+
+/// Like `tunnel`, with `base` options (`FAST` or `STEADY`) on both sides.
+fn tunnel_with(
+    base: &[&str],
+    relay_opts: &[&str],
+    inside_opts: &[&str],
+) -> (Echo, Agent, SocketAddr, Agent) {
     let echo = Echo::v4();
-    let (relay, relay_addr) = relay("127.0.0.1", &with(FAST, relay_opts));
-    let inside = inside(echo.addr, relay_addr, &with(FAST, inside_opts));
+    let (relay, relay_addr) = relay("127.0.0.1", &with(base, relay_opts));
+    let inside = inside(echo.addr, relay_addr, &with(base, inside_opts));
     inside.wait_for_log("registered at the relay", SOON);
     (echo, relay, relay_addr, inside)
 }
@@ -113,9 +127,9 @@ fn largest_smallest_and_empty_datagrams_pass_unchanged() {
 #[test]
 fn ipv6_relay_reaches_an_ipv4_service() {
     let echo = Echo::v4();
-    let (_relay, relay_addr) = relay("::1", FAST);
+    let (_relay, relay_addr) = relay("::1", STEADY);
     assert!(relay_addr.is_ipv6());
-    let inside = inside(echo.addr, relay_addr, FAST);
+    let inside = inside(echo.addr, relay_addr, STEADY);
     inside.wait_for_log("registered at the relay", SOON);
     Client::new(relay_addr).assert_served(b"v6 to v4");
 }
@@ -123,9 +137,9 @@ fn ipv6_relay_reaches_an_ipv4_service() {
 #[test]
 fn dual_stack_relay_serves_ipv4_and_ipv6_clients() {
     let echo = Echo::v4();
-    let (relay, v4) = relay("", FAST);
+    let (relay, v4) = relay("", STEADY);
     let v6 = SocketAddr::new("::1".parse().unwrap(), v4.port());
-    let inside = inside(echo.addr, v4, FAST);
+    let inside = inside(echo.addr, v4, STEADY);
     inside.wait_for_log("registered at the relay", SOON);
     let (c4, c6) = (Client::new(v4), Client::new(v6));
     c4.assert_served(b"from IPv4");
@@ -139,8 +153,8 @@ fn dual_stack_relay_serves_ipv4_and_ipv6_clients() {
 #[test]
 fn ipv4_relay_reaches_an_ipv6_service() {
     let echo = Echo::v6();
-    let (_relay, relay_addr) = relay("127.0.0.1", FAST);
-    let inside = inside(echo.addr, relay_addr, FAST);
+    let (_relay, relay_addr) = relay("127.0.0.1", STEADY);
+    let inside = inside(echo.addr, relay_addr, STEADY);
     inside.wait_for_log("registered at the relay", SOON);
     Client::new(relay_addr).assert_served(b"v4 to v6");
     assert!(echo.peers().iter().all(|p| p.is_ipv6()));
@@ -148,8 +162,10 @@ fn ipv4_relay_reaches_an_ipv6_service() {
 
 #[test]
 fn tunnel_limit_refuses_the_extra_client_logs_it_once_and_frees_up_on_idle() {
+    // Idle after 6 s (less up to 20 % jitter): long enough that no stall before the extra client's datagrams
+    // lets client 0's tunnel close and take one of them.
     let (_echo, relay, relay_addr, inside) =
-        tunnel(&["-n", "3"], &["-n", "3", "--connectionTimeout", "3"]);
+        tunnel(&["-n", "3"], &["-n", "3", "--connectionTimeout", "6"]);
     let c: Vec<Client> = (0..3).map(|_| Client::new(relay_addr)).collect();
     for (i, c) in c.iter().enumerate() {
         c.assert_served(format!("client {i}").as_bytes());
@@ -169,7 +185,7 @@ fn tunnel_limit_refuses_the_extra_client_logs_it_once_and_frees_up_on_idle() {
 
     // Clients 0 and 1 stay busy; client 2 goes idle and its tunnel closes, which frees a place.
     let closed = format!("closed by the inside agent (client {})", c[2].addr());
-    let freed = wait_until(Duration::from_secs(8), || {
+    let freed = wait_until(Duration::from_secs(15), || {
         c[0].assert_served(b"busy");
         c[1].assert_served(b"busy");
         thread::sleep(Duration::from_millis(200));
@@ -276,9 +292,12 @@ fn replayed_control_messages_hijack_nothing() {
         );
     }
 
-    // The same replay from the NAT's own public ports: stale, so nothing moves and nothing breaks.
+    // The same replay from the NAT's own public ports: stale, so nothing moves and nothing breaks. (c pings
+    // rather than asks once: its tunnel may close for idleness meanwhile, and a datagram sent as it closes is
+    // lost with it.)
     assert!(nat.replay_upstream() > 0);
-    c.assert_served(b"after the second replay");
+    c.ping_until(SOON)
+        .expect("c not served after the second replay");
     Client::new(relay_addr).assert_served(b"a new client after the second replay");
     assert_eq!(relay.count(" moved from "), 0);
 }
@@ -297,6 +316,8 @@ fn replayed_response_of_a_closed_tunnel_registers_no_dead_spare() {
     // Someone who can send from the NAT's public address replays that tunnel's old response (seconds later).
     let replayed = nat.replay_upstream_where(|d| d[5] == RESPONSE && d[24..28] == n.to_be_bytes());
     assert!(replayed > 0);
+    // Refused as the response of a removed tunnel, not merely for an expired cookie.
+    relay.wait_for_log(&format!("replayed response of removed tunnel {n} "), SOON);
     // New clients take the oldest spare first: within two clients one would get the replayed tunnel.
     for i in 0..3 {
         Client::new(relay_addr).assert_served(format!("new client {i}").as_bytes());
@@ -327,8 +348,12 @@ fn forged_control_datagrams_change_nothing_and_get_no_bigger_answer() {
     let c = Client::new(relay_addr);
     c.assert_served(b"legit client during a forgery flood");
     // The inside agent's key works, so these are strangers' forgeries: counted as forged, the key not blamed.
+    // The client's tunnel was a spare: until its replacement registers, a status line says spare=3, so wait for
+    // the pool to be whole (a forgery that registered a spare would make it larger).
     let after = relay.wait_for_line("status:", SOON, |l| {
-        status_field(l, "forged") >= bad_mac as u64 && status_field(l, "active") == 1
+        status_field(l, "forged") >= bad_mac as u64
+            && status_field(l, "active") == 1
+            && status_field(l, "spare") >= status_field(&before, "spare")
     });
     assert_eq!(status_field(&after, "forged"), bad_mac as u64, "{after}");
     assert_eq!(status_field(&after, "badauth"), 0, "{after}");
@@ -375,10 +400,7 @@ fn duplicated_and_reordered_keepalives_never_drop_a_live_tunnel() {
     while start.elapsed() < Duration::from_millis(3500) {
         n += 1;
         let p = format!("keep going {n}");
-        assert_eq!(
-            c.ask(p.as_bytes(), Duration::from_secs(1)).as_deref(),
-            Some(p.as_bytes())
-        );
+        assert_eq!(c.ask(p.as_bytes(), SOON).as_deref(), Some(p.as_bytes()));
         thread::sleep(Duration::from_millis(100));
     }
     relay.wait_for_log("stale or repeated keepalive", SOON);
@@ -395,15 +417,9 @@ fn roaming_tunnel_follows_its_new_nat_mapping_and_keeps_its_client() {
     c.assert_served(b"before the NAT forgets us");
     let peers = echo.peers();
     nat.rebind();
-    let rebound = Instant::now();
-    let served = c
-        .ping_until(Duration::from_secs(5))
-        .expect("traffic never resumed");
-    let took = served - rebound;
-    assert!(
-        took <= Duration::from_millis(2500),
-        "resumed after {took:?}"
-    );
+    // Traffic resumes at the tunnel's next keepalive from the new mapping. No bound on how soon: the checks
+    // below fail if the relay only forgot the old tunnel (after two intervals) and the client got a new one.
+    c.ping_until(SOON).expect("traffic never resumed");
     relay.wait_for_log("moved from", SOON);
     assert_eq!(
         echo.peers(),
@@ -413,21 +429,25 @@ fn roaming_tunnel_follows_its_new_nat_mapping_and_keeps_its_client() {
     assert_eq!(relay.count(&client_line(&c)), 1);
 }
 
+/// "At once": keepalives are 10 s apart, so a takeover that waited for one, or for the relay to forget the old
+/// run's tunnels, would take 10 s or more; a correct one takes milliseconds. The 5 s bound sits between, with
+/// seconds to spare for a loaded machine either way.
+const AT_ONCE: Duration = SOON;
+
 fn restarted_inside_takes_over(restart: impl FnOnce(&[String]) -> Agent) {
     let echo = Echo::v4();
-    let (relay, relay_addr) = relay("127.0.0.1", FAST);
-    let mut first = inside(echo.addr, relay_addr, FAST);
+    let (relay, relay_addr) = relay("127.0.0.1", STEADY);
+    let mut first = inside(echo.addr, relay_addr, STEADY);
     first.wait_for_log("registered at the relay", SOON);
     let c = Client::new(relay_addr);
     c.assert_served(b"before the crash");
     first.kill9();
-    let second = restart(&inside_args(echo.addr, relay_addr, FAST));
-    let served = c.ping_until(SOON).expect("not served after the restart");
+    let second = restart(&inside_args(echo.addr, relay_addr, STEADY));
+    let served = c
+        .ping_until(2 * AT_ONCE)
+        .expect("not served after the restart");
     let took = served - second.started;
-    assert!(
-        took <= Duration::from_secs(1),
-        "served {took:?} after the restart"
-    );
+    assert!(took <= AT_ONCE, "served {took:?} after the restart");
     relay.wait_for_log("inside agent restarted", SOON);
 }
 
@@ -494,20 +514,25 @@ fn civil_date(secs: u64) -> String {
 
 #[test]
 fn relay_restart_on_the_same_port_resumes_traffic() {
-    let (_echo, mut relay, relay_addr, _inside) = tunnel(&[], &[]);
+    // Every tunnel comes back at its next keepalive. 2 s apart here: a bound of one interval plus 2.5 s for a
+    // loaded machine.
+    let every = Duration::from_secs(2);
+    let base = &["-k", KEY, "--keepaliveInterval", "2"];
+    let (_echo, mut relay, relay_addr, inside) = tunnel_with(base, &[], &[]);
     let c = Client::new(relay_addr);
     c.assert_served(b"before the relay restart");
+    inside.wait_for_count("registered at the relay", 4 + 1, SOON); // the client's tunnel was replaced
     relay.kill9();
     let again =
-        wait_until(SOON, || relay_on("127.0.0.1", relay_addr.port(), FAST)).expect("port taken");
+        wait_until(SOON, || relay_on("127.0.0.1", relay_addr.port(), base)).expect("port taken");
     let served = c
-        .ping_until(SOON)
+        .ping_until(2 * every + SOON)
         .expect("not served after the relay restart");
     let took = served - again.started;
-    assert!(
-        took <= Duration::from_millis(2500),
-        "served {took:?} after the relay restart"
-    );
+    let bound = every + Duration::from_millis(2500);
+    assert!(took <= bound, "served {took:?} after the relay restart");
+    // The four spares too.
+    again.wait_for_count("registered from", 4, bound);
 }
 
 #[test]
@@ -519,7 +544,8 @@ fn sigterm_stops_the_inside_agent_cleanly_and_a_new_one_takes_over_at_once() {
     assert_eq!(first.count("status:"), 0);
     let (status, took) = first.terminate(libc::SIGTERM);
     assert_eq!(status.code(), Some(0), "{status}");
-    assert!(took <= Duration::from_secs(1), "took {took:?}");
+    // Not at the next keepalive (10 s): the agent stops at once.
+    assert!(took <= Duration::from_secs(3), "took {took:?}");
     assert_eq!(
         first.count("status: tunnels active=1 spare=4"),
         1,
@@ -535,13 +561,12 @@ fn sigterm_stops_the_inside_agent_cleanly_and_a_new_one_takes_over_at_once() {
         5,
         "1 active + 4 spares, each once"
     );
-    let second = inside(echo.addr, relay_addr, FAST);
-    let served = c.ping_until(SOON).expect("not served by the new agent");
+    let second = inside(echo.addr, relay_addr, STEADY);
+    let served = c
+        .ping_until(2 * AT_ONCE)
+        .expect("not served by the new agent");
     let took = served - second.started;
-    assert!(
-        took <= Duration::from_secs(1),
-        "served {took:?} after the new start"
-    );
+    assert!(took <= AT_ONCE, "served {took:?} after the new start");
 }
 
 #[test]
@@ -551,7 +576,8 @@ fn sigint_stops_the_relay_cleanly_with_a_last_status_line() {
     assert_eq!(relay.count("status:"), 0);
     let (status, took) = relay.terminate(libc::SIGINT);
     assert_eq!(status.code(), Some(0), "{status}");
-    assert!(took <= Duration::from_secs(1), "took {took:?}");
+    // Its receive loops wake every 200 ms to look at the stop flag.
+    assert!(took <= Duration::from_secs(3), "took {took:?}");
     assert_eq!(
         relay.count("status: tunnels active=1"),
         1,
@@ -611,7 +637,7 @@ fn a_burst_beyond_the_spare_pool_makes_the_inside_open_spares_for_all_waiting_cl
     let echo = Echo::v4();
     let (relay, relay_addr) = relay(
         "127.0.0.1",
-        &with(FAST, &["-n", "100", "--statusInterval", "1"]),
+        &with(STEADY, &["-n", "100", "--statusInterval", "1"]),
     );
     let clients: Vec<Client> = (0..40).map(|_| Client::new(relay_addr)).collect();
     for (k, c) in clients.iter().enumerate() {
@@ -621,7 +647,7 @@ fn a_burst_beyond_the_spare_pool_makes_the_inside_open_spares_for_all_waiting_cl
     let inside = inside(
         echo.addr,
         relay_addr,
-        &with(FAST, &["-n", "100", "--spares", "1"]),
+        &with(STEADY, &["-n", "100", "--spares", "1"]),
     );
     let line = inside.wait_for_log("wait at the relay: opening", SOON);
     let opened: usize = line
@@ -651,11 +677,19 @@ fn a_burst_beyond_the_spare_pool_makes_the_inside_open_spares_for_all_waiting_cl
 fn many_spares_registering_at_once_do_not_trip_the_replay_protection() {
     // 64 tunnels send their keepalives in the same instant, all counters from one run's counter, interleaved.
     // Agents run at debug level here: the relay says "stale or repeated keepalive" when it rejects one.
-    let (_echo, relay, relay_addr, inside) =
-        tunnel(&["-n", "100"], &["-n", "100", "--spares", "64"]);
+    let (_echo, relay, relay_addr, inside) = tunnel_with(
+        FAST,
+        &["-n", "100", "--statusInterval", "1"],
+        &["-n", "100", "--spares", "64"],
+    );
     inside.wait_for_count("registered at the relay", 64, SOON);
     relay.wait_for_count("registered from", 64, SOON);
+    // Registration itself is challenged, not counted: the counters are checked on the keepalives after it,
+    // the first of which comes an interval later. Three status lines a second apart cover two of them.
+    let seen = relay.count("status:");
+    relay.wait_for_count("status:", seen + 3, SOON);
     assert_eq!(relay.count("stale or repeated keepalive"), 0);
+    assert_eq!(relay.count("forgotten"), 0);
     Client::new(relay_addr).assert_served(b"served by one of 64 spares");
 }
 
@@ -664,13 +698,10 @@ fn status_lines_report_tunnels_on_both_sides() {
     let (_echo, relay, relay_addr, inside) =
         tunnel(&["--statusInterval", "1"], &["--statusInterval", "1"]);
     Client::new(relay_addr).assert_served(b"one active tunnel");
-    relay.wait_for_log(
-        "status: tunnels active=1 spare=4 waiting=0",
-        Duration::from_secs(3),
-    );
-    inside.wait_for_log("status: tunnels active=1 spare=4", Duration::from_secs(3));
-    relay.wait_for_count("status: tunnels", 2, Duration::from_secs(3));
-    inside.wait_for_count("status: tunnels", 2, Duration::from_secs(3));
+    relay.wait_for_log("status: tunnels active=1 spare=4 waiting=0", SOON);
+    inside.wait_for_log("status: tunnels active=1 spare=4", SOON);
+    relay.wait_for_count("status: tunnels", 2, SOON);
+    inside.wait_for_count("status: tunnels", 2, SOON);
 }
 
 /// The inside agent in a private mount namespace whose /etc/hosts is `hosts` and whose name service reads only
@@ -785,9 +816,7 @@ fn after_an_outage_longer_than_two_keepalive_intervals_spares_register_again_at_
     });
     relay.wait_for_count("sent no keepalive for 2s: forgotten", 4, SOON);
     nat.set_faults(Faults::default());
-    let back = Instant::now();
-    relay.wait_for_count("registered from", 8, Duration::from_secs(4));
-    assert!(back.elapsed() < Duration::from_secs(4));
+    relay.wait_for_count("registered from", 8, SOON);
     Client::new(relay_addr).assert_served(b"served after the outage");
 }
 

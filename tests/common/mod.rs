@@ -344,7 +344,7 @@ impl Echo {
     }
 
     fn on(bind: &str, prefix: &'static [u8]) -> Echo {
-        let sock = UdpSocket::bind(bind).unwrap();
+        let sock = roomy(UdpSocket::bind(bind).unwrap());
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
         let addr = sock.local_addr().unwrap();
@@ -385,6 +385,29 @@ impl Drop for Echo {
     }
 }
 
+/// `sock` with a 4 MiB receive buffer (as root, past `rmem_max`), so that a test's own thread, starved for a
+/// moment on a loaded machine, does not drop the burst it was sent: the default holds a few hundred datagrams.
+pub fn roomy(sock: UdpSocket) -> UdpSocket {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid socket and a c_int option value of the right length.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+    }
+    sock
+}
+
 // ---- clients --------------------------------------------------------------------------------------------
 
 /// A client of the relay: one socket, so one source address.
@@ -402,7 +425,7 @@ impl Client {
             "[::1]:0"
         };
         Client {
-            sock: UdpSocket::bind(bind).unwrap(),
+            sock: roomy(UdpSocket::bind(bind).unwrap()),
             relay,
         }
     }
