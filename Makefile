@@ -7,7 +7,7 @@ BIN     := reverse-udp-tunnel
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 RELEASE := $(TARGET_DIR)/release/$(BIN)
 
-.PHONY: build test unit e2e bench demo static cross-test install uninstall clean lint
+.PHONY: build test unit e2e bench explore demo static cross-test install uninstall clean lint
 
 build:
 	$(CARGO) build --release
@@ -31,6 +31,16 @@ e2e: build
 
 bench:
 	$(CARGO) bench --bench tunnel
+
+# The randomized invariant tests on new seeds from the clock, RUNS times each; stops at the first failure, whose
+# message says what to replay and what to keep. CI runs them on a fixed seed only, so it never fails by chance.
+RUNS ?= 20
+explore:
+	$(CARGO) test --release --no-run
+	for i in $$(seq $(RUNS)); do \
+	  RUT_SEED=clock $(CARGO) test --release -q --test relay_random --test coordinator_core --test parsers_random \
+	    || exit 1; \
+	done
 
 demo: build
 	$(CARGO) run --release --example demo -- $(RELEASE)

@@ -554,12 +554,14 @@ impl Relay {
             .may_register(&(msg.instance, msg.tunnel), msg.counter)
         {
             return debug!(
-                "replayed response of removed tunnel {} from {}: ignored",
+                "replayed response of removed or refused tunnel {} from {}: ignored",
                 msg.tunnel,
                 net::shown(src)
             );
         }
         if self.table.spares() >= self.settings.max_tunnels {
+            self.table
+                .refuse((msg.instance, msg.tunnel), msg.counter, now);
             return debug!(
                 "spare tunnel {} refused: already {} spares",
                 msg.tunnel,

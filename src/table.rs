@@ -87,13 +87,13 @@ pub struct Table {
     unproven: VecDeque<(usize, Instant)>,
 }
 
-/// How a tunnel left the table, for as long as a captured cookie of it could be replayed.
+/// How a tunnel left the table (or was kept out of it), for as long as a captured cookie of it could be replayed.
 #[derive(Clone, Copy, Debug)]
 struct Gone {
     at: Instant,
     /// `None`: closed by the inside or dropped by the relay, dead for certain: it never comes back.
-    /// `Some(c)`: expired (no keepalive for a while); after an outage it may register again, but only with a
-    /// counter above `c`, which a replay cannot have.
+    /// `Some(c)`: expired (no keepalive for a while), or its response `c` was refused for want of room; it may
+    /// register later, but only with a counter above `c`, which a replay or a late copy cannot have.
     last_counter: Option<u64>,
 }
 
@@ -319,6 +319,20 @@ impl Table {
         Some(tun)
     }
 
+    /// A verified response of an unknown tunnel, refused (no room for another spare): no copy of it, late or
+    /// replayed, may register the tunnel later when there is room. Its agent retries with a fresh one. Only the
+    /// inside agent can add these (the response verified), and only for the cookie's lifetime.
+    pub fn refuse(&mut self, key: TunnelKey, counter: u64, now: Instant) {
+        let g = self.gone.entry(key).or_insert(Gone {
+            at: now,
+            last_counter: Some(counter),
+        });
+        if let Some(c) = &mut g.last_counter {
+            *c = (*c).max(counter);
+            g.at = now;
+        }
+    }
+
     pub fn take_spare(&mut self) -> Option<usize> {
         self.spares.pop_front()
     }
@@ -352,12 +366,15 @@ impl Table {
 
     /// Every tunnel of a run of the inside agent, e.g. one that has been replaced by a restart.
     pub fn remove_instance(&mut self, instance: Instance) -> Vec<Tunnel> {
-        let ts: Vec<usize> = self
+        let mut ts: Vec<usize> = self
             .by_key
             .iter()
             .filter(|(k, _)| k.0 == instance)
             .map(|(_, &t)| t)
             .collect();
+        // In slot order, not the map's (randomly seeded) order: the free list, and so which slot the next
+        // tunnel gets, must not vary from run to run, or a seeded random test would not replay.
+        ts.sort_unstable();
         ts.into_iter().filter_map(|t| self.remove(t)).collect()
     }
 
@@ -661,6 +678,26 @@ mod tests {
         assert_eq!(tb.waiting(), 0, "a roam hold is not a waiting client");
         let (_, held) = tb.move_to(t, addr(1001));
         assert_eq!(held, vec![b"d".to_vec()]);
+    }
+
+    #[test]
+    fn a_refused_response_never_registers_later_a_fresher_one_does() {
+        let mut tb = Table::default();
+        let now = Instant::now();
+        tb.refuse(key(1), 9, now);
+        tb.refuse(key(1), 4, now); // an older copy, later: the bar stays at 9
+        assert!(
+            !tb.may_register(&key(1), 9),
+            "a late copy of the refused one"
+        );
+        assert!(!tb.may_register(&key(1), 4));
+        assert!(tb.may_register(&key(1), 10), "the agent's retry");
+        let (t, _) = tb.register(key(2), addr(1000), 5, KA, now);
+        tb.close(t, now);
+        tb.refuse(key(2), 6, now);
+        assert!(!tb.may_register(&key(2), 100), "closed stays closed");
+        tb.expire_gone(now + Duration::from_secs(11), Duration::from_secs(10));
+        assert_eq!(tb.gone(), 0, "remembered for the cookie's lifetime only");
     }
 
     #[test]

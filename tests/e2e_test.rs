@@ -317,7 +317,10 @@ fn replayed_response_of_a_closed_tunnel_registers_no_dead_spare() {
     let replayed = nat.replay_upstream_where(|d| d[5] == RESPONSE && d[24..28] == n.to_be_bytes());
     assert!(replayed > 0);
     // Refused as the response of a removed tunnel, not merely for an expired cookie.
-    relay.wait_for_log(&format!("replayed response of removed tunnel {n} "), SOON);
+    relay.wait_for_log(
+        &format!("replayed response of removed or refused tunnel {n} "),
+        SOON,
+    );
     // New clients take the oldest spare first: within two clients one would get the replayed tunnel.
     for i in 0..3 {
         Client::new(relay_addr).assert_served(format!("new client {i}").as_bytes());

@@ -1,6 +1,6 @@
 //! Randomized tests of the two parsers that read untrusted input: the control-message parser (every datagram
-//! of the right shape from the network) and the command line (whatever an init script passes). Seeded; the seed
-//! is printed and `RUT_SEED=N` replays it.
+//! of the right shape from the network) and the command line (whatever an init script passes). Seeded (fixed,
+//! unless `RUT_SEED=N` or `RUT_SEED=clock`: see `sim::seed`); the seed is printed.
 
 mod sim;
 
