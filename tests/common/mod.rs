@@ -516,6 +516,9 @@ struct NatState {
     last_control: HashMap<SocketAddr, Vec<u8>>,
     faults: Faults,
     threads: Vec<JoinHandle<()>>,
+    /// Mappings replaced by `rebind`: closed, forwarding nothing, but their ports stay bound until the NAT is
+    /// dropped, so that what the relay still sends there cannot reach another test's new socket on that port.
+    retired: Vec<Mapping>,
 }
 
 /// The inside agent's `-o` points at `addr`. Each inside socket gets its own upstream socket (its "public
@@ -606,6 +609,7 @@ impl MiniNat {
             );
             let old = st.mappings.insert(inside, fresh).unwrap();
             *old.open.lock().unwrap() = false;
+            st.retired.push(old);
         }
     }
 
