@@ -33,7 +33,7 @@ bench:
 	$(CARGO) bench --bench tunnel
 
 # The randomized invariant tests on new seeds from the clock, RUNS times each; stops at the first failure, whose
-# message says what to replay and what to keep. CI runs them on a fixed seed only, so it never fails by chance.
+# message gives the seed to replay (RUT_SEED=N) and, for the relay, the world to keep in REGRESSIONS. CI runs them on a fixed seed only, so it never fails by chance.
 RUNS ?= 20
 explore:
 	$(CARGO) test --release --no-run

@@ -78,9 +78,10 @@ pub struct Table {
     held: HashMap<SocketAddr, Held>,
     held_bytes: usize,
     active: usize,
-    /// Tunnels removed within the last cookie lifetime. A response captured from a tunnel before it went carries
-    /// a cookie that stays valid for a few seconds; replayed from the tunnel's old address, it must not register
-    /// a dead spare. Only tunnels that once authenticated enter, and each leaves after the cookie lifetime.
+    /// Tunnels removed (or whose response was refused) within the last cookie lifetime. A response captured from a
+    /// tunnel before it went carries a cookie that stays valid for a few seconds; replayed from the tunnel's old
+    /// address, it must not register a dead spare. Only tunnels that once authenticated enter, and each leaves
+    /// after the cookie lifetime.
     gone: HashMap<TunnelKey, Gone>,
     /// Tunnels with a client and no answer yet, oldest first, with the time they were given it (stale entries
     /// are skipped lazily).
@@ -284,7 +285,7 @@ impl Table {
     }
 
     /// Whether a response with `counter` may register tunnel `key`: not if it was closed or dropped recently, nor
-    /// if it expired recently and the counter is not fresher than its last one (a replay).
+    /// if it expired or was refused recently and the counter is not fresher than its last one (a replay).
     pub fn may_register(&self, key: &TunnelKey, counter: u64) -> bool {
         match self.gone.get(key) {
             None => true,
@@ -302,7 +303,7 @@ impl Table {
             .retain(|_, g| now.saturating_duration_since(g.at) <= max_age);
     }
 
-    /// How many removed tunnels are remembered.
+    /// How many removed (or refused) tunnels are remembered.
     pub fn gone(&self) -> usize {
         self.gone.len()
     }
@@ -327,6 +328,8 @@ impl Table {
             at: now,
             last_counter: Some(counter),
         });
+        // The relay refuses only what `may_register` let through, so `counter` is the larger; the max guards the
+        // table's own promise, whoever calls it.
         if let Some(c) = &mut g.last_counter {
             *c = (*c).max(counter);
             g.at = now;

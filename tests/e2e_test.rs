@@ -298,6 +298,8 @@ fn replayed_control_messages_hijack_nothing() {
     assert!(nat.replay_upstream() > 0);
     c.ping_until(SOON)
         .expect("c not served after the second replay");
+    // Not served by a new tunnel because a replay made the relay drop c's (nothing in this test drops one).
+    assert_eq!(relay.count(" dropped: "), 0);
     Client::new(relay_addr).assert_served(b"a new client after the second replay");
     assert_eq!(relay.count(" moved from "), 0);
 }
@@ -316,7 +318,8 @@ fn replayed_response_of_a_closed_tunnel_registers_no_dead_spare() {
     // Someone who can send from the NAT's public address replays that tunnel's old response (seconds later).
     let replayed = nat.replay_upstream_where(|d| d[5] == RESPONSE && d[24..28] == n.to_be_bytes());
     assert!(replayed > 0);
-    // Refused as the response of a removed tunnel, not merely for an expired cookie.
+    // Refused as the response of a removed tunnel, not merely for an expired cookie. (The cookie, issued in the
+    // relay's first seconds, is good until 10 s after its start: this comes well before.)
     relay.wait_for_log(
         &format!("replayed response of removed or refused tunnel {n} "),
         SOON,
@@ -435,7 +438,7 @@ fn roaming_tunnel_follows_its_new_nat_mapping_and_keeps_its_client() {
 /// "At once": keepalives are 10 s apart, so a takeover that waited for one, or for the relay to forget the old
 /// run's tunnels, would take 10 s or more; a correct one takes milliseconds. The 5 s bound sits between, with
 /// seconds to spare for a loaded machine either way.
-const AT_ONCE: Duration = SOON;
+const AT_ONCE: Duration = Duration::from_secs(5);
 
 fn restarted_inside_takes_over(restart: impl FnOnce(&[String]) -> Agent) {
     let echo = Echo::v4();
@@ -522,8 +525,10 @@ fn civil_date(secs: u64) -> String {
 fn relay_restart_on_the_same_port_resumes_traffic() {
     // Every tunnel comes back at its next keepalive. 2 s apart here: a bound of one interval plus 2.5 s for a
     // loaded machine.
-    let every = Duration::from_secs(2);
-    let base = &["-k", KEY, "--keepaliveInterval", "2"];
+    let secs = 2;
+    let every = Duration::from_secs(secs);
+    let interval = secs.to_string();
+    let base = &["-k", KEY, "--keepaliveInterval", interval.as_str()];
     let (_echo, mut relay, relay_addr, inside) = tunnel_with(base, &[], &[]);
     let c = Client::new(relay_addr);
     c.assert_served(b"before the relay restart");
@@ -550,7 +555,8 @@ fn sigterm_stops_the_inside_agent_cleanly_and_a_new_one_takes_over_at_once() {
     assert_eq!(first.count("status:"), 0);
     let (status, took) = first.terminate(libc::SIGTERM);
     assert_eq!(status.code(), Some(0), "{status}");
-    // Not at the next keepalive (10 s): the agent stops at once.
+    // The man page says within a second; 3 s here for a loaded machine, still far from the next keepalive (10 s)
+    // that a stop noticed late would wait for.
     assert!(took <= Duration::from_secs(3), "took {took:?}");
     assert_eq!(
         first.count("status: tunnels active=1 spare=4"),
@@ -582,7 +588,8 @@ fn sigint_stops_the_relay_cleanly_with_a_last_status_line() {
     assert_eq!(relay.count("status:"), 0);
     let (status, took) = relay.terminate(libc::SIGINT);
     assert_eq!(status.code(), Some(0), "{status}");
-    // Its receive loops wake every 200 ms to look at the stop flag.
+    // The man page says within a second (its receive loops look at the stop flag every 200 ms); 3 s here for a
+    // loaded machine.
     assert!(took <= Duration::from_secs(3), "took {took:?}");
     assert_eq!(
         relay.count("status: tunnels active=1"),
@@ -695,7 +702,6 @@ fn many_spares_registering_at_once_do_not_trip_the_replay_protection() {
     let seen = relay.count("status:");
     relay.wait_for_count("status:", seen + 3, SOON);
     assert_eq!(relay.count("stale or repeated keepalive"), 0);
-    assert_eq!(relay.count("forgotten"), 0);
     Client::new(relay_addr).assert_served(b"served by one of 64 spares");
 }
 

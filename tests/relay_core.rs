@@ -267,6 +267,31 @@ fn an_expired_tunnel_comes_back_only_with_a_fresh_response_not_a_replayed_one() 
 }
 
 #[test]
+fn a_response_refused_for_want_of_room_registers_nothing_later_a_fresh_one_does() {
+    // -n 1: one spare at most. The second tunnel's response is refused; once a client has taken the spare there
+    // is room, but a late copy of that response (or its replay from the same address) must not fill it.
+    let mut r = SimRelay::new(1, 25, 1);
+    let mut inside = SimInside::new(1);
+    r.register(&mut inside, addr(0));
+    let t = addr(1);
+    let (id, ka) = inside.open(t);
+    let (_, out) = r.send(t, &ka);
+    let (_, response) = inside.receive(t, &only(&out, t)).unwrap();
+    assert_eq!(r.send(t, &response), (None, vec![]), "refused: no room");
+    assert_eq!(r.send(addr(5), b"a client").0, Some(addr(0)));
+    assert_eq!(r.relay.table().spares(), 0);
+    assert_eq!(r.send(t, &response), (None, vec![]));
+    assert_eq!(r.relay.table().spares(), 0, "a late copy registered");
+    // The agent's retry: keepalive, challenge, a fresh response.
+    let (_, out) = r.send(t, &inside.keepalive(id));
+    let (_, fresh) = inside.receive(t, &only(&out, t)).unwrap();
+    let (_, out) = r.send(t, &fresh);
+    assert_eq!(kind_of(&only(&out, t)), Some(Kind::Ack));
+    assert_eq!(r.relay.table().spares(), 1);
+    r.relay.table().check().unwrap();
+}
+
+#[test]
 fn a_response_replayed_from_another_address_registers_and_moves_nothing() {
     let mut r = SimRelay::new(4, 25, 1);
     let mut inside = SimInside::new(1);
