@@ -205,8 +205,8 @@ sc_cgnat_timeout() {
   cgn_timeout "$to"
   # A cycle: the mapping is re-created by a keepalive, expires, and c1 pings. Traffic other than the ping can
   # re-create the mapping while the ping is on its way: a keepalive, if the mapping expired late (refreshed by a
-  # packet of WireGuard's own), or WireGuard's own timers on the server (its handshake retry about 15 s after data
-  # went unanswered; seen in the second cycle of every run). Such a cycle shows nothing and is not counted. (An
+  # packet of WireGuard's own), or WireGuard's own traffic (one cycle in each run so far, the second: most likely
+  # a handshake retry, 15 s after data went unanswered; not traced). Such a cycle shows nothing, not counted. (An
   # answered ping leaves the mapping in place too; then no cycle counts and the test fails for want of them.)
   for i in 1 2 3 4 5 6; do
     wait_until 10 cgn_mapped "$hp" || { fail "the inside keepalive did not re-create the CG-NAT mapping"; return 1; }
