@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 const STEADY: &[&str] = &["-k", KEY, "--keepaliveInterval", "10"];
 /// For the tests about keepalives, their loss, and what the relay forgets: one a second.
 const FAST: &[&str] = &["-k", KEY, "--keepaliveInterval", "1"];
+/// Through the MiniNat, whose thread shares the test process: every 2 s, so that only a 4 s stall of the inside
+/// agent or of that thread, not a 2 s one, makes the relay forget a tunnel the test says it keeps.
+const BRISK_SECS: u64 = 2;
+const BRISK: &[&str] = &["-k", KEY, "--keepaliveInterval", "2"];
 
 fn with<'a>(base: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
     [base, more].concat()
@@ -46,10 +50,10 @@ fn tunnel_via_nat(
     faults: Faults,
 ) -> (Echo, Agent, SocketAddr, MiniNat, Agent) {
     let echo = Echo::v4();
-    let (relay, relay_addr) = relay("127.0.0.1", FAST);
+    let (relay, relay_addr) = relay("127.0.0.1", BRISK);
     let nat = MiniNat::new(relay_addr);
     nat.set_faults(faults);
-    let inside = inside(echo.addr, nat.addr, &with(FAST, inside_opts));
+    let inside = inside(echo.addr, nat.addr, &with(BRISK, inside_opts));
     inside.wait_for_log("registered at the relay", SOON);
     (echo, relay, relay_addr, nat, inside)
 }
@@ -403,7 +407,8 @@ fn duplicated_and_reordered_keepalives_never_drop_a_live_tunnel() {
     c.assert_served(b"first");
     let start = Instant::now();
     let mut n = 0;
-    while start.elapsed() < Duration::from_millis(3500) {
+    // Three and a half keepalive intervals of traffic: three rounds of duplicated and reordered keepalives.
+    while start.elapsed() < Duration::from_millis(3500 * BRISK_SECS) {
         n += 1;
         let p = format!("keep going {n}");
         assert_eq!(c.ask(p.as_bytes(), SOON).as_deref(), Some(p.as_bytes()));
@@ -826,7 +831,12 @@ fn after_an_outage_longer_than_two_keepalive_intervals_spares_register_again_at_
         drop: true,
         ..Faults::default()
     });
-    relay.wait_for_count("sent no keepalive for 2s: forgotten", 4, SOON);
+    // Forgotten after 2 intervals without a keepalive, so within 3 of the outage's start.
+    relay.wait_for_count(
+        &format!("sent no keepalive for {}s: forgotten", 2 * BRISK_SECS),
+        4,
+        Duration::from_secs(3 * BRISK_SECS) + SOON,
+    );
     nat.set_faults(Faults::default());
     relay.wait_for_count("registered from", 8, SOON);
     Client::new(relay_addr).assert_served(b"served after the outage");
