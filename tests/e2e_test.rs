@@ -31,7 +31,7 @@ fn tunnel(relay_opts: &[&str], inside_opts: &[&str]) -> (Echo, Agent, SocketAddr
     tunnel_with(STEADY, relay_opts, inside_opts)
 }
 
-/// Like `tunnel`, with `base` options (`FAST` or `STEADY`) on both sides.
+/// Like `tunnel`, with `base` options (`STEADY`, `FAST`, or a keepalive interval of its own) on both sides.
 fn tunnel_with(
     base: &[&str],
     relay_opts: &[&str],
