@@ -385,26 +385,11 @@ impl Drop for Echo {
     }
 }
 
-/// `sock` with a 4 MiB receive buffer (as root, past `rmem_max`), so that a test's own thread, starved for a
-/// moment on a loaded machine, does not drop the burst it was sent: the default holds a few hundred datagrams.
+/// `sock` with the receive buffer the relay gives itself (`net::grow_receive_buffer`), so that a test's own
+/// thread, starved for a moment on a loaded machine, does not drop the burst it was sent: the default holds a few
+/// hundred datagrams.
 pub fn roomy(sock: UdpSocket) -> UdpSocket {
-    use std::os::fd::AsRawFd;
-    let size: libc::c_int = 4 << 20;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: a valid socket and a c_int option value of the right length.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
-    }
+    rut::net::grow_receive_buffer(&sock);
     sock
 }
 
