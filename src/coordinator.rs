@@ -6,7 +6,7 @@
 use crate::cli::HostPort;
 use crate::net;
 use crate::pace::Once;
-use crate::protocol::{Identity, Kind, Message, LEN};
+use crate::protocol::{Claim, Identity, Kind, Message, LEN};
 use crate::stats::Drops;
 use crate::tunnel::Event;
 use log::{debug, error, info, warn};
@@ -65,6 +65,11 @@ pub enum Input {
         relay: bool,
         addr: SocketAddr,
     },
+    /// Tunnel `id` is open; the service sees it at `local`.
+    Opened {
+        id: u32,
+        local: SocketAddr,
+    },
     /// Tunnel `id`'s thread reports.
     Tunnel(u32, Event),
     /// Opening tunnel `id` failed.
@@ -80,11 +85,49 @@ pub struct Handle {
     pub active: bool,
     /// The relay has acknowledged it.
     pub registered: bool,
+    /// Whom the relay says it routes through this tunnel (its public address), and whether the service has
+    /// answered that client: said back in keepalives and responses, so a relay that lost the tunnel restores it.
+    pub client: Option<SocketAddr>,
+    pub answered: bool,
+    /// The counter of the ack that said `client`: only a later ack changes it (a replayed one cannot).
+    bound_by: u64,
+    /// The address the service sees this tunnel at.
+    pub local: Option<SocketAddr>,
     /// When a message last left on this tunnel: the NAT mapping is fresh from then, so the interval counts
     /// from it (not from when the relay's answer arrived, which may be late).
     last_sent: Instant,
     next_keepalive: Instant,
     attempts: u32,
+    /// The counter of the oldest keepalive the relay has not acknowledged: until an ack for it (or a later
+    /// message) comes, the keepalive is sent again, sooner than the interval.
+    unacked: Option<u64>,
+}
+
+impl Handle {
+    /// What keepalives and responses of this tunnel say about it.
+    fn claim(&self) -> Claim {
+        Claim {
+            active: self.active,
+            answered: self.answered,
+            client: self.client,
+            local: self.local,
+        }
+    }
+
+    /// Send a keepalive from the start, as for a new tunnel (the relay may not know it).
+    fn reregister(&mut self, now: Instant) {
+        self.registered = false;
+        self.attempts = 0;
+        self.unacked = None;
+        self.next_keepalive = now;
+    }
+}
+
+/// How soon an unacknowledged keepalive of a registered tunnel is sent again: after 1 s, then 2, 4 … s, but
+/// never more than a quarter of the interval apart, so that the relay (which forgets a tunnel silent for two
+/// intervals) sees several tries before it would: with a 2 s interval every 0.5 s, with 25 s after 1, 2, 4, 6.25 s.
+pub fn retry_after(attempt: u32, keepalive: Duration) -> Duration {
+    net::backoff(attempt, keepalive).min(keepalive / 4)
 }
 
 #[derive(Default)]
@@ -159,6 +202,11 @@ impl Coordinator {
                 self.service = Some(addr);
             }
             Input::Resolved { relay: true, addr } => self.relay_resolved(now, addr, out),
+            Input::Opened { id, local } => {
+                if let Some(h) = self.tunnels.get_mut(&id) {
+                    h.local = Some(local);
+                }
+            }
             Input::OpenFailed(id, e) => {
                 self.tunnels.remove(&id);
                 if self.said.open_failed.first() {
@@ -183,13 +231,21 @@ impl Coordinator {
                 }
             }
             Event::Activated => {
-                if let Some(h) = self.tunnels.get_mut(&id) {
-                    h.active = true;
-                }
+                let Some(h) = self.tunnels.get_mut(&id) else {
+                    return;
+                };
+                h.active = true;
+                // At once, not at the next interval: the ack says which client the relay gave the tunnel, the
+                // binding a relay that loses it needs back.
+                h.next_keepalive = now;
+                h.attempts = 0;
+                h.unacked = None;
+                self.identity.set_carrying(self.active());
                 info!(
                     "tunnel {id} carries a new client ({} active)",
                     self.active()
                 );
+                self.send_keepalives(now, out);
             }
             Event::Idle => self.close(id, "idle", true, out),
             Event::Failed(e) => {
@@ -216,9 +272,7 @@ impl Coordinator {
             };
             if h.v6 || addr.is_ipv4() {
                 out.push(Action::SetRelay { id, relay: addr });
-                h.registered = false;
-                h.attempts = 0;
-                h.next_keepalive = now;
+                h.reregister(now);
             } else {
                 self.close(id, "the relay's address family changed", false, out);
             }
@@ -240,7 +294,9 @@ impl Coordinator {
         };
         match msg.kind {
             Kind::Challenge => {
-                let response = self.identity.seal(Kind::Response, id, h.active, msg.cookie);
+                let (_, response) =
+                    self.identity
+                        .seal_claim(Kind::Response, id, &h.claim(), msg.cookie);
                 h.last_sent = now;
                 out.push(Action::Send {
                     id,
@@ -257,20 +313,39 @@ impl Coordinator {
                     debug!("tunnel {id} challenged again: re-registering every tunnel");
                     self.reregistered = Some(now);
                     for h in self.tunnels.values_mut() {
-                        h.registered = false;
-                        h.attempts = 0;
-                        h.next_keepalive = now;
+                        h.reregister(now);
                     }
                 }
             }
             Kind::Ack => {
+                let answered = h.unacked.is_none_or(|c| msg.counter >= c);
+                if !h.registered || answered {
+                    h.attempts = 0;
+                    h.unacked = None;
+                    h.next_keepalive = h.last_sent + self.settings.keepalive;
+                }
                 if !h.registered {
                     h.registered = true;
-                    h.attempts = 0;
-                    h.next_keepalive = h.last_sent + self.settings.keepalive;
                     if !h.active {
                         info!("spare tunnel {id} registered at the relay");
                     }
+                }
+                if msg.counter > h.bound_by {
+                    h.bound_by = msg.counter;
+                    let client = msg.client.filter(|_| h.active);
+                    if client != h.client {
+                        if let Some(c) = client {
+                            let seen = h
+                                .local
+                                .map_or("?".to_string(), |l| net::shown(l).to_string());
+                            info!(
+                                "tunnel {id}: client {} is {seen} to the service",
+                                net::shown(c)
+                            );
+                        }
+                    }
+                    h.client = client;
+                    h.answered = client.is_some() && msg.answered;
                 }
                 if msg.waiting > 0 {
                     self.open_for_waiting(now, usize::from(msg.waiting), out);
@@ -294,27 +369,30 @@ impl Coordinator {
         soonest.unwrap_or(now + MAX_SLEEP).min(now + MAX_SLEEP)
     }
 
-    /// Keepalives on every tunnel, spare and active, keep the NAT mappings open; an unanswered registration is
-    /// retried sooner (1 s, 2 s, 4 s … up to the interval), so a lost datagram does not cost a whole interval.
+    /// Keepalives on every tunnel, spare and active, keep the NAT mappings open. One the relay does not
+    /// acknowledge is sent again: a registration after 1, 2, 4 … s up to the interval, a registered tunnel's
+    /// keepalive sooner ([`retry_after`]), so that lost datagrams do not make the relay forget a tunnel.
     fn send_keepalives(&mut self, now: Instant, out: &mut Vec<Action>) {
         let Some(relay) = self.relay else { return };
+        let keepalive = self.settings.keepalive;
         for (&id, h) in self
             .tunnels
             .iter_mut()
             .filter(|(_, h)| h.next_keepalive <= now)
         {
-            out.push(Action::Send {
-                id,
-                to: relay,
-                msg: self.identity.seal(Kind::Keepalive, id, h.active, [0; 8]),
-            });
+            let (counter, msg) = self
+                .identity
+                .seal_claim(Kind::Keepalive, id, &h.claim(), [0; 8]);
+            out.push(Action::Send { id, to: relay, msg });
             h.last_sent = now;
-            h.next_keepalive = if h.registered {
-                now + self.settings.keepalive
-            } else {
-                h.attempts += 1;
-                now + net::backoff(h.attempts - 1, self.settings.keepalive)
-            };
+            h.unacked.get_or_insert(counter);
+            h.attempts += 1;
+            h.next_keepalive = now
+                + if h.registered {
+                    retry_after(h.attempts - 1, keepalive)
+                } else {
+                    net::backoff(h.attempts - 1, keepalive)
+                };
         }
     }
 
@@ -378,20 +456,24 @@ impl Coordinator {
         // As net::bind_for: a dual-stack IPv6 socket unless both ends are IPv4.
         let v6 = !(relay.is_ipv4() && service.is_ipv4());
         out.push(Action::Open { id, relay, service });
-        out.push(Action::Send {
-            id,
-            to: relay,
-            msg: self.identity.seal(Kind::Keepalive, id, false, [0; 8]),
-        });
+        let (counter, msg) =
+            self.identity
+                .seal_claim(Kind::Keepalive, id, &Claim::default(), [0; 8]);
+        out.push(Action::Send { id, to: relay, msg });
         self.tunnels.insert(
             id,
             Handle {
                 v6,
                 active: false,
                 registered: false,
+                client: None,
+                answered: false,
+                bound_by: 0,
+                local: None,
                 last_sent: now,
                 next_keepalive: now + net::backoff(0, self.settings.keepalive),
                 attempts: 1,
+                unacked: Some(counter),
             },
         );
         true
@@ -413,8 +495,12 @@ impl Coordinator {
             }
         }
         out.push(Action::Stop { id });
-        let kind = if h.active { "tunnel" } else { "spare tunnel" };
-        info!("{kind} {id} closed: {why}");
+        self.identity.set_carrying(self.active());
+        match (h.active, h.client) {
+            (true, Some(c)) => info!("tunnel {id} closed: {why} (client {})", net::shown(c)),
+            (true, None) => info!("tunnel {id} closed: {why}"),
+            (false, _) => info!("spare tunnel {id} closed: {why}"),
+        }
     }
 
     /// No authenticated word from the relay for two keepalive intervals: say so once, and look its name up
@@ -473,8 +559,18 @@ impl Coordinator {
                     (false, false) => "registering",
                 };
                 let next = h.next_keepalive.saturating_duration_since(now);
+                let who = match (h.active, h.client) {
+                    (true, Some(c)) => format!(" client {}", net::shown(c)),
+                    (true, None) => " client not yet said by the relay".to_string(),
+                    (false, _) => String::new(),
+                };
+                // The pair an admin needs (issue "who is who"): the service's view of the tunnel beside the client.
+                let local = match (h.active, h.local) {
+                    (true, Some(l)) => format!(", service sees {}", net::shown(l)),
+                    _ => String::new(),
+                };
                 format!(
-                    "tunnel {id}: {state}, next keepalive in {}s",
+                    "tunnel {id}: {state}{who}{local}, next keepalive in {}s",
                     next.as_secs()
                 )
             })

@@ -54,11 +54,13 @@ impl Shell {
         while i < actions.len() {
             match &actions[i] {
                 Action::Open { id, relay, service } => {
-                    if let Err(e) = self.open(*id, *relay, *service) {
-                        let mut more = Vec::new();
-                        core.handle(now, Input::OpenFailed(*id, e), &mut more);
-                        actions.extend(more);
-                    }
+                    let input = match self.open(*id, *relay, *service) {
+                        Ok(local) => Input::Opened { id: *id, local },
+                        Err(e) => Input::OpenFailed(*id, e),
+                    };
+                    let mut more = Vec::new();
+                    core.handle(now, input, &mut more);
+                    actions.extend(more);
                 }
                 Action::Send { id, to, msg } => {
                     if let Some(o) = self.open.get(id) {
@@ -84,9 +86,17 @@ impl Shell {
         actions.clear();
     }
 
-    fn open(&mut self, id: u32, relay: SocketAddr, service: SocketAddr) -> std::io::Result<()> {
+    /// Open tunnel `id`; the address the service sees it at.
+    fn open(
+        &mut self,
+        id: u32,
+        relay: SocketAddr,
+        service: SocketAddr,
+    ) -> std::io::Result<SocketAddr> {
         let sock = Arc::new(net::bind_for(relay, service)?);
-        let v6 = sock.local_addr()?.is_ipv6();
+        let bound = sock.local_addr()?;
+        let v6 = bound.is_ipv6();
+        let local = net::source_toward(service, bound.port());
         let ctl = Arc::new(Control::default());
         let jitter = 0.8
             + 0.4 * f64::from(u32::from_le_bytes(protocol::random_bytes())) / f64::from(u32::MAX);
@@ -108,12 +118,9 @@ impl Shell {
             drops: self.drops.clone(),
         }
         .spawn()?;
-        debug!(
-            "tunnel {id} opened on port {}",
-            sock.local_addr().map(|a| a.port()).unwrap_or(0)
-        );
+        debug!("tunnel {id} opened on port {}", bound.port());
         self.open.insert(id, Open { sock, v6, ctl });
-        Ok(())
+        Ok(local)
     }
 
     /// Resolve a name on a helper thread (getaddrinfo blocks), retrying with backoff: a daemon may start

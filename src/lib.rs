@@ -16,6 +16,7 @@ pub mod outside;
 pub mod pace;
 pub mod protocol;
 pub mod relay;
+pub mod remembered;
 pub mod signal;
 pub mod stats;
 pub mod strangers;

@@ -91,6 +91,20 @@ pub(crate) fn set_int_option(
     }
 }
 
+/// The address a socket bound to `port` on every address is seen at by `peer`: the source address the kernel
+/// picks toward `peer` (a connected scratch socket says which; no datagram is sent), with that port. Where that
+/// cannot be found out, the unspecified address of `peer`'s family.
+pub fn source_toward(peer: SocketAddr, port: u16) -> SocketAddr {
+    let any: SocketAddr = match peer {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let ip = UdpSocket::bind(any)
+        .and_then(|s| s.connect(peer).and_then(|()| s.local_addr()))
+        .map_or(any.ip(), |a| a.ip());
+    SocketAddr::new(ip, port)
+}
+
 /// `addr` as a socket of the given family sees it: IPv4 becomes IPv4-mapped IPv6 on an IPv6 socket, so
 /// comparisons with `recv_from` results are plain equality.
 pub fn as_seen_by(sock_v6: bool, addr: SocketAddr) -> SocketAddr {

@@ -73,7 +73,13 @@ pub fn serve(
         }
         let now = Instant::now();
         if tick.due(now) {
-            relay.on_tick(now);
+            relay.on_tick(now, &mut out);
+            // Held datagrams of clients that waited out a recovery: rare, so one send each.
+            for t in out.drain(..) {
+                if sock.send_to(&t.data, t.to).is_err() {
+                    relay.on_send_error();
+                }
+            }
             if flags.status.swap(false, Relaxed) {
                 logging::status(&relay.status());
                 relay

@@ -4,14 +4,16 @@
 //! are recognised by shape *and* authenticity: a datagram is a control message only if it is exactly
 //! [`LEN`] bytes, starts with the magic and version, and its HMAC verifies. Every control message has the same
 //! size, so the relay never answers with more bytes than it received. A message with the magic and another
-//! version is recognised as such (never forwarded as data) and refused, so mixed releases say so.
+//! version (also at the 84 bytes of versions 1 and 2) is recognised as such (never forwarded as data) and
+//! refused, so mixed releases say so.
 //!
 //! ```text
 //! offset size  field
 //!  0      4    magic      ff 52 55 54  ("\xffRUT")
-//!  4      1    version    2
+//!  4      1    version    3
 //!  5      1    kind       1 keepalive  2 challenge  3 response  4 ack  5 close  6 drop  7 authfail
-//!  6      1    flags      bit 0: the tunnel carries a client (active); other bits 0
+//!  6      1    flags      bit 0: the tunnel carries a client (active); bit 1: the service has answered that
+//!                         client through it (proven); other bits 0
 //!  7      1    waiting    ack: new clients waiting at the relay for a spare (saturating at 255); 0 otherwise
 //!  8     16    instance   random id of one run of the inside agent
 //! 24      4    tunnel     tunnel number within that run, big-endian
@@ -20,7 +22,12 @@
 //! 36      8    cookie     the relay's stateless challenge (challenge, response); zero otherwise
 //! 44      4    keepalive  the sender's --keepaliveInterval in seconds, big-endian (0: not said)
 //! 48      4    tunnels    the sender's -n, big-endian (0: not said)
-//! 52     32    mac        HMAC-SHA256(key, bytes 0..52); all zero in authfail, which is not authenticated
+//! 52      4    carrying   inside→relay: how many tunnels of this run carry a client, big-endian; 0 from the relay
+//! 56     16    client     the tunnel's client: IPv6 address, IPv4 as ::ffff:a.b.c.d (all zero: none) ...
+//! 72      2               ... and its port, big-endian (0: none)
+//! 74     16    local      inside→relay: the address the service sees this tunnel at (all zero: not said) ...
+//! 90      2               ... and its port
+//! 92     32    mac        HMAC-SHA256(key, bytes 0..92); all zero in authfail, which is not authenticated
 //! ```
 //!
 //! docs/PROTOCOL.md explains the exchanges and why they defeat replay, hijacking and restart lock-out.
@@ -36,15 +43,40 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 /// Size of every control message.
-pub const LEN: usize = 84;
+pub const LEN: usize = 124;
+/// Size of the control messages of versions 1 and 2: still recognised, so that they are refused, not forwarded.
+pub const OLD_LEN: usize = 84;
 pub const MAGIC: [u8; 4] = [0xff, b'R', b'U', b'T'];
-/// The protocol version this release speaks. (Version 1, in release 1.0, had a 16-byte cookie and no settings.)
-pub const VERSION: u8 = 2;
-const MAC_AT: usize = 52;
+/// The protocol version this release speaks. (Version 1, in release 1.0, had a 16-byte cookie and no settings;
+/// version 2 had no client, local address or carrying count.)
+pub const VERSION: u8 = 3;
+
+/// Where each field starts (the layout above): encode, decode and the layout test read them from here.
+mod field {
+    pub const VERSION: usize = 4;
+    pub const KIND: usize = 5;
+    pub const FLAGS: usize = 6;
+    pub const WAITING: usize = 7;
+    pub const INSTANCE: usize = 8;
+    pub const TUNNEL: usize = 24;
+    pub const COUNTER: usize = 28;
+    pub const COOKIE: usize = 36;
+    pub const KEEPALIVE: usize = 44;
+    pub const TUNNELS: usize = 48;
+    pub const CARRYING: usize = 52;
+    pub const CLIENT: usize = 56;
+    pub const LOCAL: usize = 74;
+    pub const MAC: usize = 92;
+    /// An address field: 16 bytes of IPv6 address, 2 of port.
+    pub const ADDR_LEN: usize = 18;
+}
+const MAC_AT: usize = field::MAC;
+const ACTIVE: u8 = 1;
+const ANSWERED: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -109,6 +141,9 @@ impl std::fmt::Display for Instance {
 pub struct Message {
     pub kind: Kind,
     pub active: bool,
+    /// The service has answered the tunnel's client through it: the client proved itself (see the relay's
+    /// admission). Said by the relay in acks and repeated by the inside agent in its claims.
+    pub answered: bool,
     /// Ack only: how many new clients wait for a spare, so the inside agent can open that many at once.
     pub waiting: u8,
     pub instance: Instance,
@@ -117,6 +152,14 @@ pub struct Message {
     pub cookie: [u8; 8],
     /// The sender's settings that must agree on both sides.
     pub shared: Shared,
+    /// Inside→relay: how many tunnels of the run carry a client (the relay waits for the missing ones to come
+    /// back before it gives their clients' addresses new tunnels).
+    pub carrying: u32,
+    /// The tunnel's client. Relay→inside (ack): whom the relay routes through it. Inside→relay (keepalive,
+    /// response): the binding the inside agent was told, from which a relay that lost it restores it.
+    pub client: Option<SocketAddr>,
+    /// Inside→relay: the address the service sees this tunnel at (for the relay's table).
+    pub local: Option<SocketAddr>,
 }
 
 /// Settings that both sides must share, said in every message so a mismatch is noticed, not suffered: the
@@ -140,6 +183,10 @@ impl Message {
             counter,
             cookie: [0; 8],
             shared: Shared::default(),
+            answered: false,
+            carrying: 0,
+            client: None,
+            local: None,
         }
     }
 
@@ -152,39 +199,75 @@ impl Message {
     }
 
     fn encode(&self) -> [u8; LEN] {
+        use field::*;
         let mut b = [0u8; LEN];
         b[..4].copy_from_slice(&MAGIC);
-        b[4] = VERSION;
-        b[5] = self.kind as u8;
-        b[6] = self.active as u8;
-        b[7] = self.waiting;
-        b[8..24].copy_from_slice(&self.instance.0);
-        b[24..28].copy_from_slice(&self.tunnel.to_be_bytes());
-        b[28..36].copy_from_slice(&self.counter.to_be_bytes());
-        b[36..44].copy_from_slice(&self.cookie);
-        b[44..48].copy_from_slice(&self.shared.keepalive.to_be_bytes());
-        b[48..52].copy_from_slice(&self.shared.max_tunnels.to_be_bytes());
+        b[VERSION] = self::VERSION;
+        b[KIND] = self.kind as u8;
+        b[FLAGS] = if self.active { ACTIVE } else { 0 } | if self.answered { ANSWERED } else { 0 };
+        b[WAITING] = self.waiting;
+        b[INSTANCE..TUNNEL].copy_from_slice(&self.instance.0);
+        b[TUNNEL..COUNTER].copy_from_slice(&self.tunnel.to_be_bytes());
+        b[COUNTER..COOKIE].copy_from_slice(&self.counter.to_be_bytes());
+        b[COOKIE..KEEPALIVE].copy_from_slice(&self.cookie);
+        b[KEEPALIVE..TUNNELS].copy_from_slice(&self.shared.keepalive.to_be_bytes());
+        b[TUNNELS..CARRYING].copy_from_slice(&self.shared.max_tunnels.to_be_bytes());
+        b[CARRYING..CLIENT].copy_from_slice(&self.carrying.to_be_bytes());
+        put_addr(&mut b[CLIENT..CLIENT + ADDR_LEN], self.client);
+        put_addr(&mut b[LOCAL..LOCAL + ADDR_LEN], self.local);
         b
     }
 
     fn decode(b: &[u8; LEN]) -> Result<Message, Error> {
-        let kind = Kind::from_u8(b[5]).ok_or(Error::Malformed)?;
-        if b[6] > 1 || (b[7] != 0 && kind != Kind::Ack) {
+        use field::*;
+        let kind = Kind::from_u8(b[KIND]).ok_or(Error::Malformed)?;
+        if b[FLAGS] & !(ACTIVE | ANSWERED) != 0 || (b[WAITING] != 0 && kind != Kind::Ack) {
             return Err(Error::Malformed);
         }
+        let u32_at = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
         Ok(Message {
             kind,
-            active: b[6] == 1,
-            waiting: b[7],
-            instance: Instance(b[8..24].try_into().unwrap()),
-            tunnel: u32::from_be_bytes(b[24..28].try_into().unwrap()),
-            counter: u64::from_be_bytes(b[28..36].try_into().unwrap()),
-            cookie: b[36..44].try_into().unwrap(),
+            active: b[FLAGS] & ACTIVE != 0,
+            answered: b[FLAGS] & ANSWERED != 0,
+            waiting: b[WAITING],
+            instance: Instance(b[INSTANCE..TUNNEL].try_into().unwrap()),
+            tunnel: u32_at(TUNNEL),
+            counter: u64::from_be_bytes(b[COUNTER..COOKIE].try_into().unwrap()),
+            cookie: b[COOKIE..KEEPALIVE].try_into().unwrap(),
             shared: Shared {
-                keepalive: u32::from_be_bytes(b[44..48].try_into().unwrap()),
-                max_tunnels: u32::from_be_bytes(b[48..52].try_into().unwrap()),
+                keepalive: u32_at(KEEPALIVE),
+                max_tunnels: u32_at(TUNNELS),
             },
+            carrying: u32_at(CARRYING),
+            client: get_addr(&b[CLIENT..CLIENT + ADDR_LEN])?,
+            local: get_addr(&b[LOCAL..LOCAL + ADDR_LEN])?,
         })
+    }
+}
+
+/// An address field: IPv6 address (IPv4 as IPv4-mapped) and port; all zero for none.
+fn put_addr(b: &mut [u8], addr: Option<SocketAddr>) {
+    let Some(a) = addr else { return };
+    let ip = match a.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    b[..16].copy_from_slice(&ip.octets());
+    b[16..18].copy_from_slice(&a.port().to_be_bytes());
+}
+
+/// The address field's value: IPv4-mapped addresses come back as IPv4. A port of 0 with an address, or an
+/// address of :: with a port, is malformed.
+fn get_addr(b: &[u8]) -> Result<Option<SocketAddr>, Error> {
+    let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&b[..16]).unwrap());
+    let port = u16::from_be_bytes([b[16], b[17]]);
+    match (ip.is_unspecified(), port) {
+        (true, 0) => Ok(None),
+        (true, _) | (false, 0) => Err(Error::Malformed),
+        (false, _) => Ok(Some(match ip.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), port),
+            None => SocketAddr::new(IpAddr::V6(ip), port),
+        })),
     }
 }
 
@@ -217,10 +300,11 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Cheap test run on every datagram: length and magic (any version). Only a match costs an HMAC.
+/// Cheap test run on every datagram: length and magic (any version, at this version's length or the old one).
+/// Only a match costs an HMAC.
 #[inline]
 pub fn looks_like_control(buf: &[u8]) -> bool {
-    buf.len() == LEN && buf[..4] == MAGIC
+    (buf.len() == LEN || buf.len() == OLD_LEN) && buf[..4] == MAGIC
 }
 
 /// The shared secret, with the HMAC key schedule done once.
@@ -250,11 +334,14 @@ impl Key {
         if !looks_like_control(buf) {
             return Err(Error::NotControl);
         }
-        let b: &[u8; LEN] = buf.try_into().unwrap();
-        if b[4] != VERSION {
-            return Err(Error::Version(b[4]));
+        let Ok(b) = <&[u8; LEN]>::try_from(buf) else {
+            // The old length: an older release (whatever its version byte says, it is not ours).
+            return Err(Error::Version(buf[field::VERSION].min(VERSION - 1)));
+        };
+        if b[field::VERSION] != VERSION {
+            return Err(Error::Version(b[field::VERSION]));
         }
-        if b[5] == Kind::AuthFail as u8 {
+        if b[field::KIND] == Kind::AuthFail as u8 {
             return Err(Error::AuthFailNotice);
         }
         let mut m = self.mac.clone();
@@ -267,9 +354,32 @@ impl Key {
     pub fn authfail_notice() -> [u8; LEN] {
         let mut b = [0u8; LEN];
         b[..4].copy_from_slice(&MAGIC);
-        b[4] = VERSION;
-        b[5] = Kind::AuthFail as u8;
+        b[field::VERSION] = VERSION;
+        b[field::KIND] = Kind::AuthFail as u8;
         b
+    }
+}
+
+/// What the inside agent says about one of its tunnels in a keepalive or response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// The tunnel carries a client.
+    pub active: bool,
+    /// The relay said the service has answered that client through it.
+    pub answered: bool,
+    /// Whom the relay said it routes through the tunnel.
+    pub client: Option<SocketAddr>,
+    /// The address the service sees the tunnel at.
+    pub local: Option<SocketAddr>,
+}
+
+impl Claim {
+    /// A claim that only says whether the tunnel is active.
+    pub fn active(active: bool) -> Claim {
+        Claim {
+            active,
+            ..Claim::default()
+        }
     }
 }
 
@@ -278,11 +388,18 @@ impl Key {
 pub struct Identity {
     pub key: Key,
     pub instance: Instance,
-    /// One counter for the whole run, so messages of every tunnel are fresh whatever the clock says. A mutex,
-    /// not an AtomicU64: MIPS32 has no 64-bit atomics, and a control message costs an HMAC anyway.
-    counter: std::sync::Mutex<u64>,
+    /// One counter for the whole run, so messages of every tunnel are fresh whatever the clock says, and the
+    /// number of tunnels carrying a client, said in every message. A mutex, not an AtomicU64: MIPS32 has no
+    /// 64-bit atomics, and a control message costs an HMAC anyway.
+    run: std::sync::Mutex<Run>,
     /// This agent's settings, said in every message.
     shared: Shared,
+}
+
+#[derive(Default)]
+struct Run {
+    counter: u64,
+    carrying: u32,
 }
 
 impl Identity {
@@ -290,23 +407,48 @@ impl Identity {
         Identity {
             key: Key::new(key),
             instance,
-            counter: std::sync::Mutex::new(0),
+            run: std::sync::Mutex::new(Run::default()),
             shared,
         }
     }
 
+    fn run(&self) -> std::sync::MutexGuard<'_, Run> {
+        self.run.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many tunnels carry a client now (the coordinator keeps it current).
+    pub fn set_carrying(&self, n: usize) {
+        self.run().carrying = n.try_into().unwrap_or(u32::MAX);
+    }
+
     /// Seal a fresh inside→relay message: the counter strictly increases across all tunnels of the run.
     pub fn seal(&self, kind: Kind, tunnel: u32, active: bool, cookie: [u8; 8]) -> [u8; LEN] {
-        let counter = {
-            let mut c = self.counter.lock().unwrap_or_else(|e| e.into_inner());
-            *c += 1;
-            *c
+        self.seal_claim(kind, tunnel, &Claim::active(active), cookie)
+            .1
+    }
+
+    /// Seal a fresh inside→relay message that says `claim`; its counter, and the message.
+    pub fn seal_claim(
+        &self,
+        kind: Kind,
+        tunnel: u32,
+        claim: &Claim,
+        cookie: [u8; 8],
+    ) -> (u64, [u8; LEN]) {
+        let (counter, carrying) = {
+            let mut run = self.run();
+            run.counter += 1;
+            (run.counter, run.carrying)
         };
         let mut m = Message::new(kind, self.instance, tunnel, counter);
-        m.active = active;
+        m.active = claim.active;
+        m.answered = claim.active && claim.answered;
+        m.client = claim.client.filter(|_| claim.active);
+        m.local = claim.local;
         m.cookie = cookie;
         m.shared = self.shared;
-        self.key.seal(&m)
+        m.carrying = carrying;
+        (counter, self.key.seal(&m))
     }
 }
 
@@ -382,6 +524,10 @@ mod tests {
             keepalive: 25,
             max_tunnels: 0x0102_0304,
         };
+        m.answered = true;
+        m.carrying = 0x0a0b_0c0d;
+        m.client = Some("[2001:db8::7]:51820".parse().unwrap());
+        m.local = Some("127.0.0.1:48606".parse().unwrap());
         m
     }
 
@@ -415,20 +561,99 @@ mod tests {
     fn layout_is_as_documented() {
         let b = Key::new(b"k").seal(&sample());
         assert_eq!(b.len(), LEN);
-        assert_eq!(&b[..8], &[0xff, b'R', b'U', b'T', 2, 3, 1, 0]);
-        assert_eq!(&b[8..24], &[9; 16]);
+        assert_eq!(&b[..8], &[0xff, b'R', b'U', b'T', 3, 3, 3, 0]);
+        assert_eq!(&b[field::INSTANCE..field::TUNNEL], &[9; 16]);
         assert_eq!(&b[24..28], &[0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(&b[28..36], &(u64::MAX - 1).to_be_bytes());
         assert_eq!(&b[36..44], &[3; 8]);
         assert_eq!(&b[44..48], &[0, 0, 0, 25]);
         assert_eq!(&b[48..52], &[1, 2, 3, 4]);
+        assert_eq!(&b[52..56], &[10, 11, 12, 13]);
+        let mut v6 = [0u8; 16];
+        v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        v6[15] = 7;
+        assert_eq!(&b[56..72], &v6);
+        assert_eq!(&b[72..74], &51820u16.to_be_bytes());
+        assert_eq!(
+            &b[74..90],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]
+        );
+        assert_eq!(&b[90..92], &48606u16.to_be_bytes());
+        assert_eq!(field::MAC + 32, LEN);
+        let none = Key::new(b"k").seal(&Message::new(Kind::Ack, Instance([1; 16]), 1, 1));
+        assert_eq!(&none[56..92], &[0; 36], "no address: all zero");
+    }
+
+    #[test]
+    fn addresses_round_trip_and_half_addresses_are_malformed() {
+        let key = Key::new(b"k");
+        for a in ["192.0.2.1:1", "[::1]:65535", "[2001:db8::1]:51820"] {
+            let m = Message {
+                client: Some(a.parse().unwrap()),
+                ..sample()
+            };
+            assert_eq!(key.open(&key.seal(&m)), Ok(m), "{a}");
+        }
+        for (at, port) in [(field::CLIENT, [0, 0]), (field::LOCAL, [0, 0])] {
+            let mut b = key.seal(&sample());
+            b[at + 16..at + 18].copy_from_slice(&port);
+            reseal(&key, &mut b);
+            assert_eq!(
+                key.open(&b),
+                Err(Error::Malformed),
+                "address without port at {at}"
+            );
+            b[at..at + 16].fill(0);
+            b[at + 16] = 1;
+            reseal(&key, &mut b);
+            assert_eq!(
+                key.open(&b),
+                Err(Error::Malformed),
+                "port without address at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_claim_says_its_client_only_when_active() {
+        let id = Identity::new(b"k", Instance([1; 16]), Shared::default());
+        id.set_carrying(3);
+        let claim = Claim {
+            active: false,
+            answered: true,
+            client: Some("192.0.2.1:9".parse().unwrap()),
+            local: None,
+        };
+        let (c1, b) = id.seal_claim(Kind::Keepalive, 1, &claim, [0; 8]);
+        let m = id.key.open(&b).unwrap();
+        assert_eq!(
+            (m.client, m.answered, m.carrying, m.counter),
+            (None, false, 3, c1)
+        );
+        let (c2, b) = id.seal_claim(
+            Kind::Keepalive,
+            1,
+            &Claim {
+                active: true,
+                ..claim
+            },
+            [0; 8],
+        );
+        let m = id.key.open(&b).unwrap();
+        assert_eq!((m.client, m.answered, c2), (claim.client, true, c1 + 1));
+    }
+
+    fn reseal(key: &Key, b: &mut [u8; LEN]) {
+        let mut m = key.mac.clone();
+        m.update(&b[..MAC_AT]);
+        b[MAC_AT..].copy_from_slice(&m.finalize().into_bytes());
     }
 
     #[test]
     fn truncated_extended_and_garbage_are_data() {
         let key = Key::new(b"k");
         let b = key.seal(&sample());
-        for n in 0..LEN {
+        for n in (0..LEN).filter(|&n| n != OLD_LEN) {
             assert_eq!(
                 key.open(&b[..n]),
                 Err(Error::NotControl),
@@ -446,6 +671,11 @@ mod tests {
             Err(Error::Version(1)),
             "recognised, refused"
         );
+        let mut old = [0u8; OLD_LEN];
+        old[..4].copy_from_slice(&MAGIC);
+        old[4] = 2;
+        assert!(looks_like_control(&old), "version 2's length: never data");
+        assert_eq!(key.open(&old), Err(Error::Version(2)));
     }
 
     #[test]
@@ -479,12 +709,10 @@ mod tests {
     #[test]
     fn unknown_kind_or_flags_are_malformed_even_when_authentic() {
         let key = Key::new(b"k");
-        for (at, val) in [(5, 0u8), (5, 8), (6, 2), (7, 1)] {
+        for (at, val) in [(5, 0u8), (5, 8), (6, 4), (6, 0x80), (7, 1)] {
             let mut b = key.seal(&sample());
             b[at] = val;
-            let mut m = key.mac.clone();
-            m.update(&b[..MAC_AT]);
-            b[MAC_AT..].copy_from_slice(&m.finalize().into_bytes());
+            reseal(&key, &mut b);
             assert_eq!(key.open(&b), Err(Error::Malformed), "byte {at} = {val}");
         }
     }

@@ -9,7 +9,7 @@ use crate::pace::{Every, Once};
 use crate::protocol::{self, Cookies, Instance, Key, Kind, Message, Shared};
 use crate::stats::Drops;
 use crate::strangers::Strangers;
-use crate::table::{Route, Table};
+use crate::table::{Restored, Route, Table};
 use crate::wireguard::{Admission, Reason, Verdict};
 use log::{debug, info, warn};
 use std::collections::VecDeque;
@@ -26,8 +26,14 @@ const AUTHFAIL_NOTICE_EVERY: Duration = Duration::from_secs(1);
 /// carried its client this long: the service's first answer crosses relay → inside → service → inside → relay
 /// well within it (the client's own link is not on that path).
 pub const GRACE: Duration = Duration::from_secs(1);
+/// When the inside agent says more of its tunnels carry clients than the relay knows (the relay restarted, or
+/// forgot them while the agent's line was down), new clients wait this long at most for those tunnels to come
+/// back before spares are handed out: a returning client then gets its own tunnel again, not a spare.
+pub const RECOVERY: Duration = Duration::from_secs(3);
 /// New clients waiting this many for spares also count as load (admissions outpace the inside agent).
 const WAITING_IS_LOAD: usize = 16;
+/// Why a tunnel is dropped when another proves itself where it was.
+const DISPLACED: &str = "another tunnel proved itself at its or its client's address";
 /// The longest keepalive interval (and the largest -n) an inside agent may say it uses.
 const MAX_KEEPALIVE_SECS: u32 = 86_400;
 const MAX_TUNNELS_SAID: u32 = 100_000;
@@ -56,6 +62,11 @@ pub struct Admissions {
     pub replayed: u64,
     /// `--wireguard`: cookie replies sent (under load).
     pub cookies: u64,
+    /// `--wireguard`: sources admitted without an initiation because they proved themselves before (see
+    /// remembered.rs).
+    pub remembered: u64,
+    /// Tunnels restored with their client from the inside agent's authenticated word.
+    pub restored: u64,
 }
 
 /// A datagram for the socket loop to send.
@@ -99,6 +110,10 @@ pub struct Relay {
     /// Strangers reclaim tunnels at this pace at most, so the tunnels' ages spread and newcomers find one.
     stranger_pace: Every,
     wireguard: Option<Admission>,
+    /// How many tunnels carry a client, as the current inside run last said in a fresh message.
+    carrying: usize,
+    /// Since when the relay knows fewer such tunnels than the inside agent says (see [`RECOVERY`]).
+    recovering_since: Option<Instant>,
 }
 
 impl Relay {
@@ -119,6 +134,8 @@ impl Relay {
             strangers: Strangers::default(),
             stranger_pace: Every::new(2 * GRACE / settings.max_tunnels.clamp(1, 1 << 20) as u32),
             wireguard: None,
+            carrying: 0,
+            recovering_since: None,
             settings,
         }
     }
@@ -162,8 +179,8 @@ impl Relay {
         }
         match self.table.route(&src) {
             Route::To(dst) => Some(dst),
-            Route::FirstAnswer(dst, t) => {
-                self.table.mark_answered(t);
+            Route::Answer(dst, t) => {
+                self.table.answered(t, now);
                 Some(dst)
             }
             Route::Hold => {
@@ -199,6 +216,12 @@ impl Relay {
         let Some(wg) = self.wireguard.as_mut() else {
             return true;
         };
+        if self.table.remembered().contains(&src, now) {
+            // It proved itself through a tunnel it lost: its WireGuard session lives on, and it would send no
+            // new initiation for up to 15 s. (Forgotten once it has a tunnel again.)
+            self.admissions.remembered += 1;
+            return true;
+        }
         match wg.check(now, src, data, under_load) {
             Verdict::Admit => true,
             Verdict::Reply(reply) => {
@@ -260,7 +283,13 @@ impl Relay {
             }
             return None;
         }
-        match self.table.take_spare() {
+        // While tunnels that carried clients may still come back, a new client waits (held) rather than take a
+        // spare: it may be one of their clients.
+        let spare = match self.recovering(now) {
+            true => None,
+            false => self.table.take_spare(),
+        };
+        match spare {
             Some(t) => self.assign(now, src, t),
             None => {
                 if !self.table.hold(src, data, now) {
@@ -413,10 +442,13 @@ impl Relay {
         }
     }
 
-    /// The inside agent's settings, from a fresh authenticated message: follow them where ours would drop its
-    /// tunnels, and say once that the two sides differ.
-    fn note_settings(&mut self, now: Instant, said: &Shared) {
+    /// The inside agent's settings and its count of tunnels with clients, from a fresh authenticated message:
+    /// follow the settings where ours would drop its tunnels, and say once that the two sides differ.
+    fn note_settings(&mut self, now: Instant, msg: &Message) {
+        let said = &msg.shared;
         self.heard = Some(now);
+        self.carrying = msg.carrying as usize;
+        self.check_recovery(now);
         let ours = self.settings.keepalive;
         let theirs = self.keepalive_of(said);
         if theirs != ours && self.said.keepalive_differs.first() {
@@ -461,9 +493,10 @@ impl Relay {
             );
         }
         if tun.addr == src {
-            self.note_settings(now, &msg.shared);
+            self.note_settings(now, msg);
             self.table
                 .refresh(t, msg.counter, self.keepalive_of(&msg.shared), now);
+            self.table.set_local(t, msg.local);
             return self.ack(src, msg, t, out);
         }
         // A known tunnel at a new address: its NAT mapping changed, or someone replays its keepalive. Hold the
@@ -503,17 +536,130 @@ impl Relay {
                 if tun.addr != src && !self.roam(now, t, src, out) {
                     return;
                 }
-                self.note_settings(now, &msg.shared);
+                self.note_settings(now, msg);
                 self.table
                     .refresh(t, msg.counter, self.keepalive_of(&msg.shared), now);
+                self.table.set_local(t, msg.local);
                 self.ack(src, msg, t, out);
             }
-            None if msg.active => {
-                // It carried a client before this relay started; that mapping is gone, so the tunnel is useless.
-                info!("tunnel {} from {} had a client before this relay started: asking the inside agent to close it", msg.tunnel, net::shown(src));
-                self.reply(src, &msg.reply(Kind::Drop), out);
-            }
+            None if msg.active => self.restore(now, src, msg, out),
             None => self.register_spare(now, src, msg, out),
+        }
+    }
+
+    /// Whether tunnels the inside agent says carry clients are still missing here, within [`RECOVERY`] of noticing.
+    fn recovering(&self, now: Instant) -> bool {
+        self.table.active() < self.carrying
+            && self
+                .recovering_since
+                .is_some_and(|t| now.saturating_duration_since(t) < RECOVERY)
+    }
+
+    /// Start the recovery when the inside agent says more tunnels carry clients than the relay knows; end it when
+    /// they are all back. (Timed out, it stays ended until the counts agree again, so a count that stays off
+    /// cannot hold new clients back time after time.)
+    fn check_recovery(&mut self, now: Instant) {
+        if self.table.active() >= self.carrying {
+            self.recovering_since = None;
+        } else if self.recovering_since.is_none() {
+            self.recovering_since = Some(now);
+            info!(
+                "the inside agent says {} tunnels carry clients, {} known here: new clients wait up to {}s for \
+                 the others to come back",
+                self.carrying,
+                self.table.active(),
+                RECOVERY.as_secs()
+            );
+        }
+    }
+
+    /// A verified response of a tunnel unknown here that says it carries a client: this relay restarted, or
+    /// forgot the tunnel while its line was down. Restore the tunnel with the client the inside agent was told,
+    /// so the client's datagrams take the same tunnel and the service sees the same source; unless the client
+    /// meanwhile has another tunnel, the inside says no client, or it would exceed -n: then drop it.
+    fn restore(&mut self, now: Instant, src: SocketAddr, msg: &Message, out: &mut Vec<Transmit>) {
+        let key = (msg.instance, msg.tunnel);
+        if !self.table.may_register(&key, msg.counter) {
+            return debug!(
+                "replayed response of removed or refused tunnel {} from {}: ignored",
+                msg.tunnel,
+                net::shown(src)
+            );
+        }
+        self.note_settings(now, msg);
+        // The client as this socket reports it (IPv4-mapped on a dual-stack socket, as the tunnel's own source).
+        let client = msg.client.map(|c| net::as_seen_by(src.is_ipv6(), c));
+        let waiting_here = client.is_some_and(|c| self.table.is_waiting(&c));
+        let busy = self.table.active() + self.table.waiting() - usize::from(waiting_here);
+        let refused = match client {
+            None => Err("it had a client before this relay knew it, and does not say which"),
+            Some(c) if c.is_ipv6() != src.is_ipv6() => {
+                Err("its client's address family is not this socket's")
+            }
+            Some(_) if busy >= self.limit() => Err("all tunnels are in use"),
+            Some(c) => self.table.restore(
+                key,
+                src,
+                c,
+                msg.counter,
+                self.keepalive_of(&msg.shared),
+                msg.answered,
+                now,
+            ),
+        };
+        let Restored {
+            tunnel: t,
+            displaced,
+            held,
+        } = match refused {
+            Ok(r) => r,
+            Err(why) => {
+                info!(
+                    "tunnel {} from {} carried client {}: {why}; asking the inside agent to close it",
+                    msg.tunnel,
+                    net::shown(src),
+                    client.map_or("?".to_string(), |c| net::shown(c).to_string())
+                );
+                // Like a drop: a late copy of this response must not restore it later.
+                self.table.refuse_for_good(key, now);
+                return self.reply(src, &msg.reply(Kind::Drop), out);
+            }
+        };
+        self.admissions.restored += 1;
+        self.table.set_local(t, msg.local);
+        if let Some(x) = displaced {
+            self.drop_tunnel(now, x, DISPLACED, out);
+        }
+        let c = client.unwrap_or(src);
+        info!(
+            "tunnel {} restored at {} with its client {} ({} active)",
+            msg.tunnel,
+            net::shown(src),
+            net::shown(c),
+            self.table.active()
+        );
+        out.extend(held.into_iter().map(|data| Transmit { to: src, data }));
+        self.check_recovery(now);
+        self.ack(src, msg, t, out);
+        self.serve_waiting(now, out);
+    }
+
+    /// Hand spares to waiting clients, oldest first, unless tunnels that carried clients may still come back.
+    fn serve_waiting(&mut self, now: Instant, out: &mut Vec<Transmit>) {
+        if self.recovering(now) {
+            return;
+        }
+        while self.table.spares() > 0 {
+            let Some((client, held)) = self.table.next_waiting() else {
+                return;
+            };
+            if let Some(dst) = self
+                .table
+                .take_spare()
+                .and_then(|s| self.assign(now, client, s))
+            {
+                out.extend(held.into_iter().map(|data| Transmit { to: dst, data }));
+            }
         }
     }
 
@@ -568,18 +714,14 @@ impl Relay {
                 self.table.spares()
             );
         }
-        self.note_settings(now, &msg.shared);
+        self.note_settings(now, msg);
         let keepalive = self.keepalive_of(&msg.shared);
         let (t, displaced) =
             self.table
                 .register((msg.instance, msg.tunnel), src, msg.counter, keepalive, now);
+        self.table.set_local(t, msg.local);
         if let Some(x) = displaced {
-            self.drop_tunnel(
-                now,
-                x,
-                "another tunnel proved itself at its or its client's address",
-                out,
-            );
+            self.drop_tunnel(now, x, DISPLACED, out);
         }
         // Spares again: a later shortage is news worth a line.
         self.said.waiting.rearm();
@@ -590,24 +732,19 @@ impl Relay {
             net::shown(src),
             self.table.spares()
         );
-        if let Some((client, held)) = self.table.next_waiting() {
-            // Clients only wait while there is no spare, so the oldest spare is the one just registered.
-            if let Some(dst) = self
-                .table
-                .take_spare()
-                .and_then(|s| self.assign(now, client, s))
-            {
-                out.extend(held.into_iter().map(|data| Transmit { to: dst, data }));
-            }
-        }
+        self.serve_waiting(now, out);
         self.ack(src, msg, t, out);
     }
 
     /// Accept a keepalive or response. The ack also says how many new clients still wait for a spare, so
     /// the inside agent opens that many at once instead of one behind each spare taken.
+    /// It also says whom the tunnel carries, so that the inside agent can say it back to a relay that lost it.
     fn ack(&self, to: SocketAddr, msg: &Message, t: usize, out: &mut Vec<Transmit>) {
         let mut ack = msg.reply(Kind::Ack);
-        ack.active = self.table.get(t).is_some_and(|tun| tun.client.is_some());
+        let tun = self.table.get(t);
+        ack.client = tun.and_then(|tun| tun.client);
+        ack.active = ack.client.is_some();
+        ack.answered = ack.active && tun.is_some_and(|tun| tun.answered);
         ack.waiting = self.table.waiting().min(255) as u8;
         self.reply(to, &ack, out);
     }
@@ -639,12 +776,7 @@ impl Relay {
             None => self.drops.unrouted.add(held.len() as u64),
         }
         if let Some(x) = displaced {
-            self.drop_tunnel(
-                now,
-                x,
-                "another tunnel proved itself at its or its client's address",
-                out,
-            );
+            self.drop_tunnel(now, x, DISPLACED, out);
         }
         true
     }
@@ -685,9 +817,11 @@ impl Relay {
         }
     }
 
-    /// Expire what timed out. Call a few times a second; nothing depends on the exact period.
-    pub fn on_tick(&mut self, now: Instant) {
+    /// Expire what timed out, and hand spares to clients that waited out a recovery. Call a few times a second;
+    /// nothing depends on the exact period.
+    pub fn on_tick(&mut self, now: Instant, out: &mut Vec<Transmit>) {
         self.table.expire_gone(now, protocol::COOKIE_LIFETIME);
+        self.table.remembered().expire(now);
         for tun in self.table.expire(now) {
             let who = tun
                 .client
@@ -715,6 +849,15 @@ impl Relay {
             self.said.full.rearm();
             self.said.reclaiming.rearm();
         }
+        self.check_recovery_end();
+        self.serve_waiting(now, out);
+    }
+
+    /// The counts agree again (tunnels came back, or the agent closed them): the recovery is over.
+    fn check_recovery_end(&mut self) {
+        if self.table.active() >= self.carrying {
+            self.recovering_since = None;
+        }
     }
 
     /// The tunnel table, a line per tunnel (for SIGUSR1).
@@ -726,8 +869,13 @@ impl Relay {
                 let client = tun
                     .client
                     .map_or("spare".to_string(), |c| format!("client {}", net::shown(c)));
+                // Only a tunnel with a client has a pair worth showing: the client and how the service sees it.
+                let local = match (tun.client, tun.local) {
+                    (Some(_), Some(l)) => format!(", service sees {}", net::shown(l)),
+                    _ => String::new(),
+                };
                 format!(
-                    "tunnel {} of run {} at {}: {client}, last keepalive {}s ago",
+                    "tunnel {} of run {} at {}: {client}{local}, last keepalive {}s ago",
                     tun.key.1,
                     tun.key.0,
                     net::shown(tun.addr),
@@ -741,17 +889,18 @@ impl Relay {
         let a = &self.admissions;
         let wireguard = match self.wireguard {
             Some(_) => format!(
-                " wireguard notinit={} badmac1={} replayed={} cookies={}",
-                a.not_initiation, a.bad_mac1, a.replayed, a.cookies
+                " wireguard notinit={} badmac1={} replayed={} cookies={} remembered={}",
+                a.not_initiation, a.bad_mac1, a.replayed, a.cookies, a.remembered
             ),
             None => String::new(),
         };
         format!(
-            "status: tunnels active={} spare={} waiting={} reclaimed={} {} forged={}{wireguard}",
+            "status: tunnels active={} spare={} waiting={} reclaimed={} restored={} {} forged={}{wireguard}",
             self.table.active(),
             self.table.spares(),
             self.table.waiting(),
             a.reclaimed,
+            a.restored,
             self.drops.summary(),
             a.forged,
         )

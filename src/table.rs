@@ -2,6 +2,7 @@
 //! (spares, waiting clients, roaming) changes only on control messages and new clients.
 
 use crate::protocol::Instance;
+use crate::remembered::Remembered;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,6 +27,19 @@ pub struct Tunnel {
     /// Its client has received a datagram from the service through it: the tunnel is *proven*, and no one's
     /// one-way traffic can take it. An unproven tunnel of a full relay may be handed to a newcomer.
     pub answered: bool,
+    /// When the service last answered its client through it (meaningful once `answered`).
+    pub last_answer: Instant,
+    /// The address the service sees it at, as the inside agent says (for the table of SIGUSR1).
+    pub local: Option<SocketAddr>,
+}
+
+/// A tunnel restored with its client ([`Table::restore`]).
+pub struct Restored {
+    pub tunnel: usize,
+    /// A tunnel displaced from the restored one's address: the caller drops it.
+    pub displaced: Option<usize>,
+    /// The client's datagrams held while it waited: they go into the tunnel, in order.
+    pub held: Vec<Vec<u8>>,
 }
 
 /// What the source address of a datagram is.
@@ -40,10 +54,11 @@ enum Peer {
 /// Where a data datagram goes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
+    /// A client's datagram: to its tunnel's address.
     To(SocketAddr),
-    /// The first datagram from the service to the client of tunnel `.1`, whose address is `.0`: it proves the
-    /// tunnel (see [`Tunnel::answered`]).
-    FirstAnswer(SocketAddr, usize),
+    /// A datagram of the service to the client of tunnel `.1`, whose address is `.0`: it proves the tunnel (see
+    /// [`Tunnel::answered`]).
+    Answer(SocketAddr, usize),
     Hold,
     /// From a tunnel that has no client (yet).
     Unrouted,
@@ -86,6 +101,8 @@ pub struct Table {
     /// Tunnels with a client and no answer yet, oldest first, with the time they were given it (stale entries
     /// are skipped lazily).
     unproven: VecDeque<(usize, Instant)>,
+    /// Clients that proved themselves and lost their tunnel (see remembered.rs).
+    remembered: Remembered,
 }
 
 /// How a tunnel left the table (or was kept out of it), for as long as a captured cookie of it could be replayed.
@@ -110,16 +127,8 @@ impl Table {
             },
             Some(Peer::Tunnel(t)) => match self.get(*t) {
                 Some(Tunnel {
-                    client: Some(c),
-                    answered,
-                    ..
-                }) => {
-                    if *answered {
-                        Route::To(*c)
-                    } else {
-                        Route::FirstAnswer(*c, *t)
-                    }
-                }
+                    client: Some(c), ..
+                }) => Route::Answer(*c, *t),
                 _ => Route::Unrouted,
             },
             Some(Peer::Held) => Route::Hold,
@@ -197,6 +206,8 @@ impl Table {
             keepalive,
             since: now,
             answered: false,
+            last_answer: now,
+            local: None,
         };
         let t = match self.free.pop() {
             Some(t) => {
@@ -223,10 +234,67 @@ impl Table {
     }
 
     /// The service answered through tunnel `t`.
-    pub fn mark_answered(&mut self, t: usize) {
+    #[inline]
+    pub fn answered(&mut self, t: usize, now: Instant) {
         if let Some(tun) = self.get_mut(t) {
             tun.answered = true;
+            tun.last_answer = now;
         }
+    }
+
+    /// The inside agent says the service sees tunnel `t` at `local`.
+    pub fn set_local(&mut self, t: usize, local: Option<SocketAddr>) {
+        if let (Some(tun), Some(l)) = (self.get_mut(t), local) {
+            tun.local = Some(l);
+        }
+    }
+
+    /// Clients that proved themselves and lost their tunnel.
+    pub fn remembered(&mut self) -> &mut Remembered {
+        &mut self.remembered
+    }
+
+    /// A verified response of a tunnel the relay does not know, which says it carries `client` (the relay
+    /// restarted, or forgot the tunnel while its line was down): register it at `addr` with that client again, so
+    /// the client's datagrams take the same tunnel and the service sees the same source. Refused (with the
+    /// reason, for the log) if the client's address is meanwhile anything but new or waiting: one client is
+    /// never routed two ways.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        &mut self,
+        key: TunnelKey,
+        addr: SocketAddr,
+        client: SocketAddr,
+        counter: u64,
+        keepalive: Duration,
+        answered: bool,
+        now: Instant,
+    ) -> Result<Restored, &'static str> {
+        if client == addr {
+            return Err("its client's address is its own");
+        }
+        let held = match self.peers.get(&client) {
+            None => Vec::new(),
+            Some(Peer::Held) if self.held.get(&client).is_some_and(|h| !h.roam) => self
+                .take_held(&client)
+                .map(|h| h.datagrams)
+                .unwrap_or_default(),
+            Some(Peer::Held) => return Err("its client's address claims to be a tunnel's"),
+            Some(Peer::Client(_)) => return Err("its client has another tunnel"),
+            Some(Peer::Tunnel(_)) => return Err("its client's address is another tunnel's"),
+        };
+        let (t, displaced) = self.register(key, addr, counter, keepalive, now);
+        self.spares.retain(|&s| s != t);
+        self.assign(client, t, now);
+        if answered {
+            self.answered(t, now);
+        }
+        self.remembered.forget(&client);
+        Ok(Restored {
+            tunnel: t,
+            displaced,
+            held,
+        })
     }
 
     /// The unproven tunnel that has carried its client longest, if that is at least `min_age`.
@@ -336,6 +404,22 @@ impl Table {
         }
     }
 
+    /// A restore this relay refused (it answered with drop): no copy of that response may restore it later.
+    pub fn refuse_for_good(&mut self, key: TunnelKey, now: Instant) {
+        self.gone.insert(
+            key,
+            Gone {
+                at: now,
+                last_counter: None,
+            },
+        );
+    }
+
+    /// `addr` is a new client waiting for a spare.
+    pub fn is_waiting(&self, addr: &SocketAddr) -> bool {
+        self.held.get(addr).is_some_and(|h| !h.roam)
+    }
+
     pub fn take_spare(&mut self) -> Option<usize> {
         self.spares.pop_front()
     }
@@ -348,9 +432,11 @@ impl Table {
             self.peers.insert(client, Peer::Client(t));
             self.active += 1;
             self.note_unproven(t, now);
+            self.remembered.forget(&client);
         }
     }
 
+    /// Remove tunnel `t`; a client it carried that the service answered is remembered as proven.
     pub fn remove(&mut self, t: usize) -> Option<Tunnel> {
         let tun = self.slots.get_mut(t)?.take()?;
         self.free.push(t);
@@ -361,6 +447,9 @@ impl Table {
         if let Some(c) = tun.client {
             self.peers.remove(&c);
             self.active -= 1;
+            if tun.answered {
+                self.remembered.insert(c, tun.last_answer);
+            }
         } else {
             self.spares.retain(|&s| s != t);
         }
@@ -556,6 +645,9 @@ impl Table {
         {
             return Err("more datagrams held for one address than allowed".into());
         }
+        if self.remembered.len() > crate::remembered::REMEMBERED_MAX {
+            return Err(format!("{} remembered admissions", self.remembered.len()));
+        }
         let waiting = self.held.values().filter(|h| !h.roam).count();
         let roaming = self.held.len() - waiting;
         if waiting != self.waiting.len() || roaming > HOLD_ADDRS {
@@ -592,9 +684,7 @@ mod tests {
         assert_eq!(tb.take_spare(), Some(t));
         tb.assign(addr(5), t, now);
         assert_eq!(tb.route(&addr(5)), Route::To(addr(1000)));
-        assert_eq!(tb.route(&addr(1000)), Route::FirstAnswer(addr(5), t));
-        tb.mark_answered(t);
-        assert_eq!(tb.route(&addr(1000)), Route::To(addr(5)));
+        assert_eq!(tb.route(&addr(1000)), Route::Answer(addr(5), t));
         assert_eq!((tb.active(), tb.spares()), (1, 0));
         tb.remove(t);
         assert_eq!(tb.route(&addr(5)), Route::New);
@@ -653,7 +743,7 @@ mod tests {
         tb.assign(addr(1001), s, now);
         let (displaced, held) = tb.move_to(t, addr(1001));
         assert_eq!((displaced, held.len()), (Some(s), 0));
-        assert_eq!(tb.route(&addr(1001)), Route::FirstAnswer(addr(5), t));
+        assert_eq!(tb.route(&addr(1001)), Route::Answer(addr(5), t));
         assert_eq!(tb.route(&addr(5)), Route::To(addr(1001)));
         assert_eq!(tb.route(&addr(1000)), Route::New);
         assert_eq!(tb.get(s).unwrap().client, None);

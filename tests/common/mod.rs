@@ -20,13 +20,17 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_reverse-udp-tunnel");
 pub const KEY: &str = "e2e-shared-secret";
-/// Every control message is this long and starts with this magic and version (src/protocol.rs).
-pub const CONTROL_LEN: usize = 84;
-pub const MAGIC: [u8; 5] = [0xff, b'R', b'U', b'T', 2];
+/// Every control message is this long and starts with this magic and version: read from src/protocol.rs,
+/// not re-declared, so that a new protocol version cannot leave the tests checking the old one.
+pub const CONTROL_LEN: usize = rut::protocol::LEN;
+pub const MAGIC: [u8; 5] = {
+    let m = rut::protocol::MAGIC;
+    [m[0], m[1], m[2], m[3], rut::protocol::VERSION]
+};
 /// Control message kinds (byte 5).
-pub const KEEPALIVE: u8 = 1;
-pub const RESPONSE: u8 = 3;
-pub const CLOSE: u8 = 5;
+pub const KEEPALIVE: u8 = rut::protocol::Kind::Keepalive as u8;
+pub const RESPONSE: u8 = rut::protocol::Kind::Response as u8;
+pub const CLOSE: u8 = rut::protocol::Kind::Close as u8;
 /// How long the helpers wait for something that should happen at once.
 pub const SOON: Duration = Duration::from_secs(5);
 

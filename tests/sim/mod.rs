@@ -2,7 +2,7 @@
 //! challenges as the real one does, clients, and a seeded random generator. No sockets, no sleeps.
 #![allow(dead_code)] // each test binary uses its own part
 
-use rut::protocol::{Identity, Instance, Key, Kind, Message, Shared, LEN};
+use rut::protocol::{Claim, Identity, Instance, Key, Kind, Message, Shared, LEN};
 use rut::relay::{Relay, Settings, Transmit};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,12 +71,37 @@ pub fn addr(i: usize) -> SocketAddr {
     }
 }
 
+/// Address `i` as a relay socket of one family sees it: an IPv4 socket sees IPv4 only; a dual-stack IPv6 socket
+/// sees IPv6, IPv4 as IPv4-mapped (as the relay's does: a client said in a control message is read back so).
+pub fn addr_seen(dual_stack: bool, i: usize) -> SocketAddr {
+    match dual_stack {
+        false => SocketAddr::from(([198, 51, 100, 1 + i as u8], 4000 + i as u16)),
+        true => rut::net::as_seen_by(true, addr(i)),
+    }
+}
+
 /// One honest inside tunnel, as the relay should see it.
 #[derive(Clone, Debug)]
 pub struct SimTunnel {
     pub id: u32,
     pub addr: SocketAddr,
     pub active: bool,
+    /// The client the relay said it routes through this tunnel, and whether the service answered it; the
+    /// counter of the ack that said so (only a fresher ack changes it, as in the coordinator).
+    pub client: Option<SocketAddr>,
+    pub answered: bool,
+    pub bound_by: u64,
+}
+
+impl SimTunnel {
+    fn claim(&self) -> Claim {
+        Claim {
+            active: self.active,
+            answered: self.answered,
+            client: self.client,
+            local: None,
+        }
+    }
 }
 
 /// An honest run of the inside agent: seals with the shared key, answers challenges for its own tunnels at
@@ -114,6 +139,9 @@ impl SimInside {
             id,
             addr,
             active: false,
+            client: None,
+            answered: false,
+            bound_by: 0,
         });
         (id, self.keepalive(id))
     }
@@ -122,14 +150,23 @@ impl SimInside {
         self.tunnels.iter().find(|t| t.id == id)
     }
 
+    /// A keepalive of tunnel `id` that says what the tunnel carries.
     pub fn keepalive(&self, id: u32) -> [u8; LEN] {
-        let active = self.tunnel(id).is_some_and(|t| t.active);
-        self.identity.seal(Kind::Keepalive, id, active, [0; 8])
+        let claim = self.tunnel(id).map(SimTunnel::claim).unwrap_or_default();
+        self.identity
+            .seal_claim(Kind::Keepalive, id, &claim, [0; 8])
+            .1
+    }
+
+    fn note_carrying(&self) {
+        let n = self.tunnels.iter().filter(|t| t.active).count();
+        self.identity.set_carrying(n);
     }
 
     pub fn close(&mut self, id: u32) -> Option<(SocketAddr, [u8; LEN])> {
         let i = self.tunnels.iter().position(|t| t.id == id)?;
         let t = self.tunnels.remove(i);
+        self.note_carrying();
         Some((
             t.addr,
             self.identity.seal(Kind::Close, id, t.active, [0; 8]),
@@ -137,7 +174,8 @@ impl SimInside {
     }
 
     /// What the honest agent does with a relay message that reached `to`: a response to send from `to`, if any.
-    /// Drops close the tunnel; acks mark it active if the relay says so.
+    /// Drops close the tunnel; a fresh ack says whether it carries a client and which (the agent does not
+    /// learn it from anything else here, so its claims are only what the relay said).
     pub fn receive(&mut self, to: SocketAddr, data: &[u8]) -> Option<(u32, [u8; LEN])> {
         let key = Key::new(KEY);
         let msg = key.open(data).ok()?;
@@ -150,15 +188,28 @@ impl SimInside {
             .position(|t| t.id == msg.tunnel && t.addr == to)?;
         match msg.kind {
             Kind::Challenge => {
-                let active = self.tunnels[t].active;
+                let claim = self.tunnels[t].claim();
                 Some((
                     msg.tunnel,
                     self.identity
-                        .seal(Kind::Response, msg.tunnel, active, msg.cookie),
+                        .seal_claim(Kind::Response, msg.tunnel, &claim, msg.cookie)
+                        .1,
                 ))
             }
             Kind::Drop => {
                 self.tunnels.remove(t);
+                self.note_carrying();
+                None
+            }
+            Kind::Ack => {
+                let tun = &mut self.tunnels[t];
+                if msg.counter > tun.bound_by {
+                    tun.bound_by = msg.counter;
+                    tun.active = msg.client.is_some();
+                    tun.client = msg.client;
+                    tun.answered = tun.active && msg.answered;
+                }
+                self.note_carrying();
                 None
             }
             _ => None,
@@ -194,9 +245,12 @@ impl SimRelay {
         (fwd, std::mem::take(&mut self.out))
     }
 
-    pub fn advance(&mut self, d: Duration) {
+    /// Let time pass; what the tick sends (held datagrams released after a recovery).
+    pub fn advance(&mut self, d: Duration) -> Vec<Transmit> {
         self.now += d;
-        self.relay.on_tick(self.now);
+        let mut out = Vec::new();
+        self.relay.on_tick(self.now, &mut out);
+        out
     }
 
     /// Register a spare of `inside` at `addr` through the whole exchange; panics if the relay does not ack.
@@ -208,6 +262,37 @@ impl SimRelay {
         let (_, out) = self.send(addr, &response);
         assert_eq!(kind_of(&only(&out, addr)), Some(Kind::Ack), "registered");
         id
+    }
+}
+
+impl SimRelay {
+    /// Tunnel `id` of `inside` sends a keepalive; the relay's answers reach it, challenges are answered, until
+    /// the exchange ends. Returns the datagrams that are not control messages (forwarded client data).
+    pub fn keepalive(&mut self, inside: &mut SimInside, id: u32) -> Vec<Transmit> {
+        let Some(at) = inside.tunnel(id).map(|t| t.addr) else {
+            return Vec::new();
+        };
+        let (_, out) = self.send(at, &inside.keepalive(id));
+        self.exchange(inside, out)
+    }
+
+    /// What the relay sent reaches `inside` (responses go back to the relay, and so on); returns the rest.
+    pub fn exchange(&mut self, inside: &mut SimInside, out: Vec<Transmit>) -> Vec<Transmit> {
+        let mut rest = Vec::new();
+        let mut queue = out;
+        for _ in 0..16 {
+            if queue.is_empty() {
+                break;
+            }
+            for t in std::mem::take(&mut queue) {
+                if !rut::protocol::looks_like_control(&t.data) {
+                    rest.push(t);
+                } else if let Some((_, response)) = inside.receive(t.to, &t.data) {
+                    queue.extend(self.send(t.to, &response).1);
+                }
+            }
+        }
+        rest
     }
 }
 
