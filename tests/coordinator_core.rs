@@ -93,6 +93,18 @@ impl Inside {
     }
 }
 
+/// The keepalives among `actions`, opened.
+fn keepalives(i: &Inside, actions: &[Action]) -> Vec<(u32, Message)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { id, msg, .. } => Some((*id, i.key.open(msg).unwrap())),
+            _ => None,
+        })
+        .filter(|(_, m)| m.kind == Kind::Keepalive)
+        .collect()
+}
+
 fn opened(actions: &[Action]) -> Vec<u32> {
     actions
         .iter()
@@ -178,11 +190,98 @@ fn an_unanswered_keepalive_is_retried_after_1_2_4_s_then_every_interval() {
 }
 
 #[test]
+fn a_registered_tunnels_unacknowledged_keepalive_is_retried_within_the_interval_until_acked() {
+    // Interval 2 s: retried every 0.5 s (a quarter), so the relay, which forgets a tunnel after 4 s of silence,
+    // sees eight tries first. One ack — of the first try or a later one — ends the retries.
+    let mut i = Inside::new(settings(10, 1, 2));
+    i.resolved();
+    i.relay_says(1, Kind::Ack, 1);
+    let mut at = Vec::new();
+    for _ in 0..50 {
+        i.now += Duration::from_millis(100);
+        let a = i.tick();
+        for (_, msg) in keepalives(&i, &a) {
+            at.push((i.now, msg.counter));
+        }
+    }
+    let start = at[0].0;
+    let gaps: Vec<u128> = at.iter().map(|(t, _)| (*t - start).as_millis()).collect();
+    assert_eq!(gaps, vec![0, 500, 1000, 1500, 2000, 2500, 3000]);
+    // A (late) ack of the second try stops them: the next keepalive is an interval after the last one sent.
+    i.relay_says(1, Kind::Ack, at[1].1);
+    let mut next = None;
+    for _ in 0..40 {
+        i.now += Duration::from_millis(100);
+        let a = i.tick();
+        if !keepalives(&i, &a).is_empty() {
+            next = Some(i.now);
+            break;
+        }
+    }
+    assert_eq!(next.map(|t| (t - at[6].0).as_millis()), Some(2000));
+    // With the default 25 s: after 1, 2, 4 s, then every 6.25 s.
+    let tries: Vec<Duration> = (0..6)
+        .map(|n| rut::coordinator::retry_after(n, Duration::from_secs(25)))
+        .collect();
+    assert_eq!(
+        tries,
+        [1000, 2000, 4000, 6250, 6250, 6250].map(Duration::from_millis)
+    );
+}
+
+#[test]
+fn the_client_an_ack_names_is_said_in_keepalives_and_responses_and_only_a_fresher_ack_changes_it() {
+    let mut i = Inside::new(settings(10, 2, 25));
+    i.resolved();
+    i.input(Input::Opened {
+        id: 1,
+        local: "127.0.0.1:48606".parse().unwrap(),
+    });
+    let a = i.input(Input::Tunnel(1, Event::Activated));
+    let (_, ka) = keepalives(&i, &a)[0];
+    assert_eq!(ka.client, None, "not known before the relay says it");
+    let client: SocketAddr = "198.51.100.7:51820".parse().unwrap();
+    let mut ack = Message::new(Kind::Ack, Instance([7; 16]), 1, ka.counter);
+    ack.active = true;
+    ack.client = Some(client);
+    ack.answered = true;
+    i.input(Input::Tunnel(1, Event::Control(ack)));
+    // A replayed older ack that says another client (or none) changes nothing.
+    let mut old = ack;
+    old.counter = ka.counter - 1;
+    old.client = Some("203.0.113.66:1".parse().unwrap());
+    i.input(Input::Tunnel(1, Event::Control(old)));
+    let mut challenge = Message::new(Kind::Challenge, Instance([7; 16]), 1, 1);
+    challenge.cookie = [3; 8];
+    let a = i.input(Input::Tunnel(1, Event::Control(challenge)));
+    let Action::Send { msg, .. } = &a[0] else {
+        panic!("{a:?}")
+    };
+    let response = i.key.open(msg).unwrap();
+    assert_eq!(
+        (response.active, response.client, response.answered),
+        (true, Some(client), true)
+    );
+    assert_eq!(response.local, Some("127.0.0.1:48606".parse().unwrap()));
+    // Who is who: the table line shows the client beside the address the service sees.
+    let lines = i.core.table_lines(i.now);
+    assert!(
+        lines[0]
+            .contains("tunnel 1: active client 198.51.100.7:51820, service sees 127.0.0.1:48606"),
+        "{lines:?}"
+    );
+}
+
+#[test]
 fn the_first_datagram_of_a_client_opens_the_next_spare() {
     let mut i = Inside::new(settings(10, 2, 25));
     i.resolved();
     let a = i.input(Input::Tunnel(1, Event::Activated));
-    assert!(a.is_empty());
+    assert_eq!(
+        i.sent(&a),
+        vec![(1, Kind::Keepalive)],
+        "at once: its ack says the client"
+    );
     assert_eq!(opened(&i.tick()), vec![3]);
 }
 

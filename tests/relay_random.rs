@@ -11,6 +11,7 @@ mod sim;
 use rut::protocol::{self, Instance, Key, Kind, Message, Shared, LEN};
 use rut::relay::Transmit;
 use rut::table::{Route, TunnelKey};
+use rut::wireguard;
 use sim::*;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -28,6 +29,18 @@ const REGRESSIONS: &[u64] = &[
     11_548_655_726_710_898_483,
     12_825_908_617_701_071_921,
 ];
+const SERVER_KEY: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+
+/// A handshake initiation with a valid mac1 for SERVER_KEY; `n` makes it unique.
+fn initiation(n: u32) -> [u8; wireguard::INITIATION_LEN] {
+    let mut m = [0u8; wireguard::INITIATION_LEN];
+    m[0] = 1;
+    m[4..8].copy_from_slice(&n.to_le_bytes());
+    m[8..12].copy_from_slice(&n.to_be_bytes());
+    wireguard::client_macs(&SERVER_KEY.parse().unwrap(), &mut m, None);
+    m
+}
+
 /// Addresses shared by clients, inside tunnels and the attacker, so that they collide.
 const POOL: usize = 12;
 
@@ -45,6 +58,8 @@ struct World {
     inside: SimInside,
     next_instance: u8,
     max_tunnels: usize,
+    /// The relay's socket: IPv4, or dual-stack IPv6 (every source IPv6, IPv4 ones mapped).
+    dual_stack: bool,
     /// Honest control messages on their way to the relay: (from, bytes). Delivered in any order, sometimes
     /// twice, sometimes never.
     in_flight: Vec<(SocketAddr, Vec<u8>)>,
@@ -54,6 +69,16 @@ struct World {
     proven: HashSet<(TunnelKey, SocketAddr)>,
     /// Addresses that have sent data: the only places client traffic may go back to.
     data_senders: HashSet<SocketAddr>,
+    /// `--wireguard`: then a client must have sent a fresh initiation, or have been answered through a tunnel.
+    wg: bool,
+    /// Sources that sent an initiation (mac1 is keyed by the server's public key: anyone can make one, and a
+    /// copy of one that was never used is as good as the original) …
+    initiators: HashSet<SocketAddr>,
+    /// … and the initiations that admitted a client: one initiation, one admission.
+    admitted_by: HashSet<Vec<u8>>,
+    /// Clients that the service answered through a tunnel (the only ones a remembered admission may admit).
+    answered: HashSet<SocketAddr>,
+    next_initiation: u32,
     /// Every instance the honest agent has run as.
     instances: HashSet<Instance>,
     events: u64,
@@ -87,7 +112,14 @@ impl World {
         let mut rng = Rng::new(seed);
         let max_tunnels = 1 + rng.below(6);
         let keepalive = 1 + rng.below(30) as u64;
-        let relay = SimRelay::new(max_tunnels, keepalive, rng.next() as u8);
+        let dual_stack = rng.chance(500);
+        let wg = rng.chance(330);
+        let mut relay = SimRelay::new(max_tunnels, keepalive, rng.next() as u8);
+        if wg {
+            let pk: wireguard::PublicKey = SERVER_KEY.parse().unwrap();
+            let core = std::mem::replace(&mut relay.relay, SimRelay::new(1, 1, 0).relay);
+            relay.relay = core.with_wireguard(wireguard::Admission::new(&pk, [7; 32], relay.now));
+        }
         let inside = inside_agent(&mut rng, 1);
         let instances = HashSet::from([inside.instance()]);
         World {
@@ -96,6 +128,12 @@ impl World {
             inside,
             next_instance: 2,
             max_tunnels,
+            dual_stack,
+            wg,
+            initiators: HashSet::new(),
+            admitted_by: HashSet::new(),
+            answered: HashSet::new(),
+            next_initiation: 0,
             in_flight: Vec::new(),
             recorded: Vec::new(),
             proven: HashSet::new(),
@@ -107,7 +145,7 @@ impl World {
     }
 
     fn any_addr(&mut self) -> SocketAddr {
-        addr(self.rng.below(POOL))
+        addr_seen(self.dual_stack, self.rng.below(POOL))
     }
 
     fn step(&mut self) -> Result<(), String> {
@@ -115,10 +153,16 @@ impl World {
         let r = self.rng.below(1000);
         match r {
             // A client (any address, some of them also tunnels' addresses) sends data.
+            // (With --wireguard, a third of them are handshake initiations with a valid mac1.)
             0..=249 => {
                 let src = self.any_addr();
-                let len = self.rng.below(40);
-                let data = self.rng.bytes(len);
+                let data = if self.wg && self.rng.chance(330) {
+                    self.next_initiation += 1;
+                    initiation(self.next_initiation).to_vec()
+                } else {
+                    let len = self.rng.below(40);
+                    self.rng.bytes(len)
+                };
                 self.deliver(src, data, Origin::Honest)
             }
             // An honest tunnel sends service data.
@@ -288,6 +332,10 @@ impl World {
         if !control {
             self.data_senders.insert(src);
         }
+        let initiation = wireguard::kind(&data) == Some(wireguard::MsgType::Initiation);
+        if initiation {
+            self.initiators.insert(src);
+        }
         let (fwd, out) = self.relay.send(src, &data);
         let after = snapshot(self);
         if self.trace {
@@ -315,7 +363,11 @@ impl World {
                     "a control-shaped datagram from {src} was forwarded to {dst}"
                 ));
             }
-            if self.relay.relay.table().route(&src) != Route::To(dst) {
+            let leads = match self.relay.relay.table().route(&src) {
+                Route::To(d) | Route::Answer(d, _) => d == dst,
+                _ => false,
+            };
+            if !leads {
                 return Err(format!(
                     "{src}'s datagram went to {dst}, not where its route leads"
                 ));
@@ -377,6 +429,41 @@ impl World {
                 if !self.data_senders.contains(c) {
                     return Err(format!("tunnel {key:?}'s client {c} never sent data"));
                 }
+                let passed = self.initiators.contains(c) || self.answered.contains(c);
+                if self.wg && !passed {
+                    return Err(format!(
+                        "tunnel {key:?}'s client {c} sent no fresh initiation and was never answered"
+                    ));
+                }
+            }
+        }
+        // With --wireguard, an initiation admits once (a remembered client needs none).
+        let new_client = |m: &HashMap<TunnelKey, (SocketAddr, Option<SocketAddr>, bool)>| {
+            m.values().any(|(_, c, _)| *c == Some(src))
+        };
+        if self.wg
+            && initiation
+            && new_client(&after)
+            && !new_client(&before)
+            && !self.answered.contains(&src)
+            && !self.admitted_by.insert(data.clone())
+        {
+            return Err(format!(
+                "an initiation that admitted a client before admitted {src}"
+            ));
+        }
+        // One client, one tunnel.
+        let mut clients = HashSet::new();
+        for (key, (_, client, _)) in &after {
+            if let Some(c) = client {
+                if !clients.insert(*c) {
+                    return Err(format!("client {c} routed to two tunnels (one is {key:?})"));
+                }
+            }
+        }
+        for (_, client, answered) in after.values() {
+            if let (Some(c), true) = (client, answered) {
+                self.answered.insert(*c);
             }
         }
 
@@ -434,17 +521,21 @@ impl World {
     }
 }
 
-/// Runs `events` events; returns how many ran and how many tunnels were reclaimed.
-fn run(seed: u64, events: u64) -> (u64, u64) {
+/// Runs `events` events; returns how many ran, and how many tunnels were reclaimed, restored from the inside
+/// agent's word, and admitted by memory (so that a run that never reaches these paths is seen to).
+fn run(seed: u64, events: u64) -> (u64, [u64; 3]) {
     let mut rng = Rng::new(seed);
     let mut done = 0;
-    let mut reclaimed = 0;
+    let mut counts = [0; 3];
     while done < events {
         let w = run_world(Some(seed), rng.next(), WORLD_EVENTS.min(events - done));
         done += w.events;
-        reclaimed += w.relay.relay.admissions().reclaimed;
+        let a = w.relay.relay.admissions();
+        counts[0] += a.reclaimed;
+        counts[1] += a.restored;
+        counts[2] += a.remembered;
     }
-    (done, reclaimed)
+    (done, counts)
 }
 
 /// One world, for `events` events: of the run with `seed`, or (None) a regression.
@@ -474,10 +565,16 @@ fn a_million_random_events_keep_every_relay_invariant() {
     }
     let seed = seed();
     println!("relay random test: seed {seed} (replay with RUT_SEED={seed})");
-    let (n, reclaimed) = run(seed, EVENTS);
+    let (n, [reclaimed, restored, remembered]) = run(seed, EVENTS);
     println!(
-        "relay random test: {n} events, seed {seed}, every invariant held ({reclaimed} tunnels reclaimed)"
+        "relay random test: {n} events, seed {seed}, every invariant held ({reclaimed} tunnels reclaimed, \
+         {restored} restored, {remembered} clients admitted by memory)"
     );
     assert!(n >= EVENTS);
     assert!(reclaimed > 0, "the run must reach reclamation");
+    assert!(
+        restored > 0,
+        "the run must restore tunnels from the agent's word"
+    );
+    assert!(remembered > 0, "the run must admit remembered clients");
 }
