@@ -154,7 +154,7 @@ impl Tunnel {
             for d in rx.datagrams() {
                 let parts = rx.parts(&d);
                 if d.src == self.relay {
-                    // Control messages are 84 bytes: always in the dense area, never copied.
+                    // Control messages (124 bytes) always fit the dense area: never copied.
                     let data = parts.contiguous(&mut scratch);
                     if protocol::looks_like_control(data) {
                         self.on_control(data);
