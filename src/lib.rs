@@ -6,23 +6,13 @@
 //! - [`outside`] and [`table`]: the relay, one socket and one thread owning the tunnel/client table.
 //! - [`inside`] and [`tunnel`]: the inside agent, a coordinator thread and one thread per tunnel.
 
-pub mod batch;
 pub mod cli;
-pub mod coordinator;
 pub mod inside;
-pub mod logging;
-pub mod net;
-pub mod outside;
 pub mod pace;
-pub mod protocol;
 pub mod relay;
-pub mod remembered;
-pub mod signal;
 pub mod stats;
-pub mod strangers;
-pub mod table;
-pub mod tunnel;
-pub mod wireguard;
+pub mod sys;
+pub mod wire;
 
 use cli::{Config, Role};
 
@@ -32,7 +22,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         log::warn!("no key (-k, --keyFile or REVERSE_UDP_TUNNEL_KEY): anyone who can reach the relay can hijack tunnels");
     }
     match cfg.role.clone() {
-        Role::Outside { host, port } => outside::run(&cfg, host.as_deref(), port),
+        Role::Outside { host, port } => relay::socket::run(&cfg, host.as_deref(), port),
         Role::Inside { service, relay } => {
             inside::run(cfg, service, relay);
             Ok(())

@@ -3,7 +3,7 @@ use std::process::exit;
 
 fn main() {
     // Before anything else, so that an early SIGUSR1 or SIGHUP waits for the signal thread instead of killing us.
-    rut::signal::block();
+    rut::sys::signal::block();
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let (cfg, warnings) = match cli::parse(&args, std::env::var_os(cli::KEY_ENV)) {
         Ok(Command::Run(cfg, warnings)) => (cfg, warnings),
@@ -20,7 +20,7 @@ fn main() {
             exit(2);
         }
     };
-    rut::logging::init(cfg.log_level, cfg.name.as_deref(), cfg.syslog);
+    rut::sys::logging::init(cfg.log_level, cfg.name.as_deref(), cfg.syslog);
     for warning in warnings {
         log::warn!("{warning}");
     }

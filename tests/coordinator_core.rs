@@ -5,10 +5,10 @@
 mod sim;
 
 use rut::cli::HostPort;
-use rut::coordinator::{Action, Coordinator, Input, Settings, MAX_SLEEP};
-use rut::protocol::{Identity, Instance, Key, Kind, Message, LEN};
+use rut::inside::coordinator::{Action, Coordinator, Input, Settings, MAX_SLEEP};
+use rut::wire::{Identity, Instance, Key, Kind, Message, LEN};
 use rut::stats::Drops;
-use rut::tunnel::Event;
+use rut::inside::tunnel::Event;
 use sim::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -221,7 +221,7 @@ fn a_registered_tunnels_unacknowledged_keepalive_is_retried_within_the_interval_
     assert_eq!(next.map(|t| (t - at[6].0).as_millis()), Some(2000));
     // With the default 25 s: after 1, 2, 4 s, then every 6.25 s.
     let tries: Vec<Duration> = (0..6)
-        .map(|n| rut::coordinator::retry_after(n, Duration::from_secs(25)))
+        .map(|n| rut::inside::coordinator::retry_after(n, Duration::from_secs(25)))
         .collect();
     assert_eq!(
         tries,
@@ -306,7 +306,7 @@ fn idle_and_failed_tunnels_are_closed_with_two_closes_and_a_stop() {
     let e = std::io::Error::other("boom");
     let a = i.input(Input::Tunnel(
         2,
-        Event::Failed(rut::tunnel::Failure::Receive(e)),
+        Event::Failed(rut::inside::tunnel::Failure::Receive(e)),
     ));
     assert!(a.contains(&Action::Stop { id: 2 }));
     // A drop from the relay closes without telling it.
@@ -590,7 +590,7 @@ impl World {
                         let ev = if self.rng.chance(800) {
                             Event::Idle
                         } else {
-                            Event::Failed(rut::tunnel::Failure::Receive(std::io::Error::other("x")))
+                            Event::Failed(rut::inside::tunnel::Failure::Receive(std::io::Error::other("x")))
                         };
                         let a = self.inside.input(Input::Tunnel(id, ev));
                         self.perform(a)

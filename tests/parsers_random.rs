@@ -5,7 +5,7 @@
 mod sim;
 
 use rut::cli::{self, Command};
-use rut::protocol::{Instance, Key, Kind, Message, LEN};
+use rut::wire::{Instance, Key, Kind, Message, LEN};
 use sim::{seed, Rng};
 use std::ffi::OsString;
 

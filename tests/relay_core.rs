@@ -2,9 +2,9 @@
 
 mod sim;
 
-use rut::protocol::{Key, Kind, Shared, LEN};
-use rut::table::Route;
-use rut::wireguard;
+use rut::wire::{Key, Kind, Shared, LEN};
+use rut::relay::table::Route;
+use rut::wire::wireguard;
 use sim::*;
 use std::time::Duration;
 
@@ -311,7 +311,7 @@ fn a_bad_mac_gets_one_same_sized_notice_a_second_at_most() {
     let mut r = SimRelay::new(4, 25, 1);
     let other = SimInside::new(1);
     let wrong = Key::new(b"another key");
-    let msg = rut::protocol::Message::new(Kind::Keepalive, other.instance(), 1, 1);
+    let msg = rut::wire::Message::new(Kind::Keepalive, other.instance(), 1, 1);
     let forged = wrong.seal(&msg);
     let (_, out) = r.send(addr(0), &forged);
     assert_eq!(out.len(), 1);
@@ -463,7 +463,7 @@ fn a_bad_mac_while_the_inside_agent_works_is_counted_as_forged_and_unanswered() 
     let mut r = SimRelay::new(4, 25, 1);
     let mut inside = SimInside::new(1);
     r.register(&mut inside, addr(0));
-    let forged = Key::new(b"guess").seal(&rut::protocol::Message::new(
+    let forged = Key::new(b"guess").seal(&rut::wire::Message::new(
         Kind::Keepalive,
         inside.instance(),
         9,

@@ -8,10 +8,10 @@
 
 mod sim;
 
-use rut::protocol::{self, Instance, Key, Kind, Message, Shared, LEN};
+use rut::wire::{self, Instance, Key, Kind, Message, Shared, LEN};
 use rut::relay::Transmit;
-use rut::table::{Route, TunnelKey};
-use rut::wireguard;
+use rut::relay::table::{Route, TunnelKey};
+use rut::wire::wireguard;
 use sim::*;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -241,7 +241,7 @@ impl World {
             700..=799 => match self.rng.pick(&self.recorded).cloned() {
                 Some(data) => {
                     let src = self.any_addr();
-                    let origin = if protocol::looks_like_control(&data) {
+                    let origin = if wire::looks_like_control(&data) {
                         Origin::Attacker
                     } else {
                         Origin::Honest // replayed data is just data from that address
@@ -254,7 +254,7 @@ impl World {
             800..=879 => {
                 let src = self.any_addr();
                 let forged = self.forge();
-                let origin = if protocol::looks_like_control(&forged) {
+                let origin = if wire::looks_like_control(&forged) {
                     Origin::Attacker
                 } else {
                     Origin::Honest
@@ -279,9 +279,9 @@ impl World {
         match self.rng.below(4) {
             0 => {
                 let mut b = self.rng.bytes(LEN);
-                b[..4].copy_from_slice(&protocol::MAGIC);
+                b[..4].copy_from_slice(&wire::MAGIC);
                 b[4] = if self.rng.chance(900) {
-                    protocol::VERSION
+                    wire::VERSION
                 } else {
                     1
                 };
@@ -328,7 +328,7 @@ impl World {
             let i = self.rng.below(512);
             self.recorded[i] = data.clone();
         }
-        let control = protocol::looks_like_control(&data);
+        let control = wire::looks_like_control(&data);
         if !control {
             self.data_senders.insert(src);
         }

@@ -22,15 +22,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_reverse-udp-tunnel");
 pub const KEY: &str = "e2e-shared-secret";
 /// Every control message is this long and starts with this magic and version: read from src/protocol.rs,
 /// not re-declared, so that a new protocol version cannot leave the tests checking the old one.
-pub const CONTROL_LEN: usize = rut::protocol::LEN;
+pub const CONTROL_LEN: usize = rut::wire::LEN;
 pub const MAGIC: [u8; 5] = {
-    let m = rut::protocol::MAGIC;
-    [m[0], m[1], m[2], m[3], rut::protocol::VERSION]
+    let m = rut::wire::MAGIC;
+    [m[0], m[1], m[2], m[3], rut::wire::VERSION]
 };
 /// Control message kinds (byte 5).
-pub const KEEPALIVE: u8 = rut::protocol::Kind::Keepalive as u8;
-pub const RESPONSE: u8 = rut::protocol::Kind::Response as u8;
-pub const CLOSE: u8 = rut::protocol::Kind::Close as u8;
+pub const KEEPALIVE: u8 = rut::wire::Kind::Keepalive as u8;
+pub const RESPONSE: u8 = rut::wire::Kind::Response as u8;
+pub const CLOSE: u8 = rut::wire::Kind::Close as u8;
 /// How long the helpers wait for something that should happen at once.
 pub const SOON: Duration = Duration::from_secs(5);
 
@@ -393,7 +393,7 @@ impl Drop for Echo {
 /// thread, starved for a moment on a loaded machine, does not drop the burst it was sent: the default holds a few
 /// hundred datagrams.
 pub fn roomy(sock: UdpSocket) -> UdpSocket {
-    rut::net::grow_receive_buffer(&sock);
+    rut::sys::socket::grow_receive_buffer(&sock);
     sock
 }
 

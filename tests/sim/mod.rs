@@ -2,7 +2,7 @@
 //! challenges as the real one does, clients, and a seeded random generator. No sockets, no sleeps.
 #![allow(dead_code)] // each test binary uses its own part
 
-use rut::protocol::{Claim, Identity, Instance, Key, Kind, Message, Shared, LEN};
+use rut::wire::{Claim, Identity, Instance, Key, Kind, Message, Shared, LEN};
 use rut::relay::{Relay, Settings, Transmit};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,7 +76,7 @@ pub fn addr(i: usize) -> SocketAddr {
 pub fn addr_seen(dual_stack: bool, i: usize) -> SocketAddr {
     match dual_stack {
         false => SocketAddr::from(([198, 51, 100, 1 + i as u8], 4000 + i as u16)),
-        true => rut::net::as_seen_by(true, addr(i)),
+        true => rut::sys::socket::as_seen_by(true, addr(i)),
     }
 }
 
@@ -285,7 +285,7 @@ impl SimRelay {
                 break;
             }
             for t in std::mem::take(&mut queue) {
-                if !rut::protocol::looks_like_control(&t.data) {
+                if !rut::wire::looks_like_control(&t.data) {
                     rest.push(t);
                 } else if let Some((_, response)) = inside.receive(t.to, &t.data) {
                     queue.extend(self.send(t.to, &response).1);

@@ -5,9 +5,9 @@
 //! forwards leave together, in order; control messages from the relay go to the coordinator, which owns all
 //! decisions.
 
-use crate::batch::{Batch, Shape, Tx};
-use crate::net;
-use crate::protocol::{self, Identity, Kind, Message};
+use crate::sys::batch::{Batch, Shape, Tx};
+use crate::sys::socket as net;
+use crate::wire::{self as protocol, Identity, Kind, Message};
 use crate::stats::Drops;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::*};

@@ -1,8 +1,8 @@
 //! The relay's tunnel/client table. One hash lookup on the source address routes every datagram; the rest
 //! (spares, waiting clients, roaming) changes only on control messages and new clients.
 
-use crate::protocol::Instance;
-use crate::remembered::Remembered;
+use crate::wire::Instance;
+use crate::relay::remembered::Remembered;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -645,7 +645,7 @@ impl Table {
         {
             return Err("more datagrams held for one address than allowed".into());
         }
-        if self.remembered.len() > crate::remembered::REMEMBERED_MAX {
+        if self.remembered.len() > crate::relay::remembered::REMEMBERED_MAX {
             return Err(format!("{} remembered admissions", self.remembered.len()));
         }
         let waiting = self.held.values().filter(|h| !h.roam).count();

@@ -4,11 +4,11 @@
 //! thread: `inside.rs` opens the sockets, runs the tunnel threads and performs the actions.
 
 use crate::cli::HostPort;
-use crate::net;
+use crate::sys::socket as net;
 use crate::pace::Once;
-use crate::protocol::{Claim, Identity, Kind, Message, LEN};
+use crate::wire::{Claim, Identity, Kind, Message, LEN};
 use crate::stats::Drops;
-use crate::tunnel::Event;
+use crate::inside::tunnel::Event;
 use log::{debug, error, info, warn};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -540,7 +540,7 @@ impl Coordinator {
 
     /// Close every tunnel, telling the relay.
     pub fn shutdown(&mut self, sig: &str, out: &mut Vec<Action>) {
-        crate::logging::status(&self.status());
+        crate::sys::logging::status(&self.status());
         info!("{sig}: closing {} tunnels and exiting", self.tunnels.len());
         let ids: Vec<u32> = self.tunnels.keys().copied().collect();
         for id in ids {

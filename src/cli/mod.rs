@@ -52,13 +52,13 @@ pub struct Config {
     /// `--syslog`: log to the system log instead of standard error.
     pub syslog: bool,
     /// `--wireguard`: the WireGuard server's public key; the relay then admits only valid handshakes.
-    pub wireguard: Option<crate::wireguard::PublicKey>,
+    pub wireguard: Option<crate::wire::wireguard::PublicKey>,
 }
 
 impl Config {
     /// The settings both sides must share, as said in every control message.
-    pub fn shared(&self) -> crate::protocol::Shared {
-        crate::protocol::Shared {
+    pub fn shared(&self) -> crate::wire::Shared {
+        crate::wire::Shared {
             keepalive: self.keepalive.as_secs().try_into().unwrap_or(u32::MAX),
             max_tunnels: self.max_tunnels.try_into().unwrap_or(u32::MAX),
         }

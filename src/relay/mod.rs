@@ -4,13 +4,18 @@
 //! The data path is [`Relay::on_datagram`] returning `Some(address)`: forward the datagram, unchanged, there.
 //! Everything else (control replies, held datagrams released to a new tunnel) is pushed to `out`.
 
-use crate::net;
+pub mod remembered;
+pub mod socket;
+pub mod strangers;
+pub mod table;
+
+use crate::sys::socket as net;
 use crate::pace::{Every, Once};
-use crate::protocol::{self, Cookies, Instance, Key, Kind, Message, Shared};
+use crate::wire::{self as protocol, Cookies, Instance, Key, Kind, Message, Shared};
 use crate::stats::Drops;
-use crate::strangers::Strangers;
-use crate::table::{Restored, Route, Table};
-use crate::wireguard::{Admission, Reason, Verdict};
+use crate::relay::strangers::Strangers;
+use crate::relay::table::{Restored, Route, Table};
+use crate::wire::wireguard::{Admission, Reason, Verdict};
 use log::{debug, info, warn};
 use std::collections::VecDeque;
 use std::net::SocketAddr;

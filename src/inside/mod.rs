@@ -2,15 +2,18 @@
 //! what it asks — opening tunnel sockets and their threads (tunnel.rs), sending control messages through them,
 //! looking names up on helper threads. All decisions are the coordinator's.
 
+pub mod coordinator;
+pub mod tunnel;
+
 use crate::cli::{Config, HostPort};
-use crate::coordinator::{Action, Coordinator, Input, Settings};
-use crate::logging;
-use crate::net;
+use crate::inside::coordinator::{Action, Coordinator, Input, Settings};
+use crate::sys::logging;
+use crate::sys::socket as net;
 use crate::pace::Every;
-use crate::protocol::{self, Identity, Instance};
-use crate::signal::{self, Signal as Sig};
+use crate::wire::{self as protocol, Identity, Instance};
+use crate::sys::signal::{self, Signal as Sig};
 use crate::stats::Drops;
-use crate::tunnel::{Control, Event, Tunnel};
+use crate::inside::tunnel::{Control, Event, Tunnel};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use log::{debug, error, info, warn};
 use std::collections::HashMap;

@@ -22,7 +22,7 @@
 // are no-ops on one are needed on the other.
 #![allow(clippy::unnecessary_cast)]
 
-use crate::net::{self, Mapped};
+use crate::sys::socket::{self as net, Mapped};
 use std::io;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};

@@ -1,0 +1,6 @@
+//! Everything that touches libc: batched socket I/O, sockets, signals and logging.
+
+pub mod batch;
+pub mod logging;
+pub mod signal;
+pub mod socket;

@@ -1,0 +1,6 @@
+//! What travels on the wire: the control messages both agents seal and open, and WireGuard's message formats.
+
+pub mod control;
+pub mod wireguard;
+
+pub use control::*;
