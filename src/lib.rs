@@ -6,6 +6,7 @@
 //! - [`outside`] and [`table`]: the relay, one socket and one thread owning the tunnel/client table.
 //! - [`inside`] and [`tunnel`]: the inside agent, a coordinator thread and one thread per tunnel.
 
+pub mod addr;
 pub mod cli;
 pub mod inside;
 pub mod pace;

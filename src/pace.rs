@@ -1,5 +1,5 @@
-//! Two tiny pacing types, so that "say it once" and "every N seconds" are not flags and timestamps spread over
-//! the cores. Both take the time as an argument: the cores that use them never read the clock.
+//! Pacing: "say it once", "every N seconds" and the backoff of retries, so that they are not flags and
+//! timestamps spread over the cores. Both take the time as an argument: the cores that use them never read the clock.
 
 use std::time::{Duration, Instant};
 
@@ -62,9 +62,72 @@ impl Every {
     }
 }
 
+/// Backoff for retries: 1 s, 2 s, 4 s … capped.
+pub fn backoff(attempt: u32, cap: Duration) -> Duration {
+    Duration::from_secs(1u64 << attempt.min(16)).min(cap)
+}
+
+/// How a name that does not resolve (yet) is retried: after 1, 2, 4 … 30 s, with a warning now and again every
+/// `rewarn` while it lasts, and the retries in between at debug level (a daemon may start before DNS works, and
+/// a log read by priority should say so without a line every 30 s).
+pub struct Retries {
+    attempt: u32,
+    warn: Every,
+}
+
+impl Retries {
+    pub const CAP: Duration = Duration::from_secs(30);
+
+    pub fn new(rewarn: Duration) -> Retries {
+        Retries {
+            attempt: 0,
+            warn: Every::new(rewarn),
+        }
+    }
+
+    /// After an attempt failed at `now`: the level to log it at, and how long to wait before the next one.
+    pub fn failed(&mut self, now: Instant) -> (log::Level, Duration) {
+        let level = if self.warn.due(now) {
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        };
+        let wait = backoff(self.attempt, Self::CAP);
+        self.attempt = self.attempt.saturating_add(1);
+        (level, wait)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name that never resolves: warned at once and every 5 minutes, the retries in between at debug level,
+    /// the waits 1, 2, 4 … 30 s.
+    #[test]
+    fn an_unresolvable_name_is_rewarned_every_period() {
+        let t0 = Instant::now();
+        let mut r = Retries::new(Duration::from_secs(300));
+        let (mut now, mut warned, mut waits) = (t0, Vec::new(), Vec::new());
+        while now < t0 + Duration::from_secs(3600) {
+            let (level, wait) = r.failed(now);
+            if level == log::Level::Warn {
+                warned.push((now - t0).as_secs());
+            } else {
+                assert_eq!(level, log::Level::Debug);
+            }
+            waits.push(wait.as_secs());
+            now += wait;
+        }
+        assert_eq!(waits[..7], [1, 2, 4, 8, 16, 30, 30]);
+        assert!(waits[5..].iter().all(|&w| w == 30));
+        // Attempts fall at 0, 1, 3, 7, 15, 31, 61, 91 … s: the first one at or after each 5 minutes since the
+        // last warning.
+        assert_eq!(
+            warned,
+            [0, 301, 601, 901, 1201, 1501, 1801, 2101, 2401, 2701, 3001, 3301]
+        );
+    }
 
     #[test]
     fn once_per_episode() {
@@ -90,5 +153,12 @@ mod tests {
         assert!(!started.due(t0));
         assert_eq!(started.next(), Some(t0 + s));
         assert!(started.due(t0 + s));
+    }
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        let cap = Duration::from_secs(30);
+        let v: Vec<u64> = (0..7).map(|i| backoff(i, cap).as_secs()).collect();
+        assert_eq!(v, [1, 2, 4, 8, 16, 30, 30]);
     }
 }

@@ -4,11 +4,12 @@
 
 mod sim;
 
-use rut::cli::HostPort;
+use rut::addr::HostPort;
+use rut::inside::coordinator::Event;
 use rut::inside::coordinator::{Action, Coordinator, Input, Settings, MAX_SLEEP};
-use rut::wire::{Identity, Instance, Key, Kind, Message, LEN};
+use rut::inside::identity::Identity;
 use rut::stats::Drops;
-use rut::inside::tunnel::Event;
+use rut::wire::{Instance, Key, Kind, Message, LEN};
 use sim::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -306,7 +307,7 @@ fn idle_and_failed_tunnels_are_closed_with_two_closes_and_a_stop() {
     let e = std::io::Error::other("boom");
     let a = i.input(Input::Tunnel(
         2,
-        Event::Failed(rut::inside::tunnel::Failure::Receive(e)),
+        Event::Failed(rut::inside::coordinator::Failure::Receive(e)),
     ));
     assert!(a.contains(&Action::Stop { id: 2 }));
     // A drop from the relay closes without telling it.
@@ -590,7 +591,9 @@ impl World {
                         let ev = if self.rng.chance(800) {
                             Event::Idle
                         } else {
-                            Event::Failed(rut::inside::tunnel::Failure::Receive(std::io::Error::other("x")))
+                            Event::Failed(rut::inside::coordinator::Failure::Receive(
+                                std::io::Error::other("x"),
+                            ))
                         };
                         let a = self.inside.input(Input::Tunnel(id, ev));
                         self.perform(a)

@@ -4,11 +4,11 @@
 
 mod sim;
 
-use rut::wire::{Key, Kind};
-use rut::relay::RECOVERY;
 use rut::relay::remembered::REMEMBER_FOR;
 use rut::relay::table::Route;
+use rut::relay::RECOVERY;
 use rut::wire::wireguard;
+use rut::wire::{Key, Kind};
 use sim::*;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -296,7 +296,7 @@ fn acks_say_the_client_and_a_forged_claim_binds_nothing() {
     let mut r = restart(&r, 4, 2, false);
     // Someone with the wrong key claims tunnel 1 carries another client: not even challenged.
     let mut liar = SimInside::new(1);
-    liar.identity = std::sync::Arc::new(rut::wire::Identity::new(
+    liar.identity = std::sync::Arc::new(rut::inside::identity::Identity::new(
         b"wrong key",
         inside.instance(),
         Default::default(),

@@ -2,9 +2,9 @@
 
 mod sim;
 
-use rut::wire::{Key, Kind, Shared, LEN};
 use rut::relay::table::Route;
 use rut::wire::wireguard;
+use rut::wire::{Key, Kind, Shared, LEN};
 use sim::*;
 use std::time::Duration;
 

@@ -8,10 +8,10 @@
 
 mod sim;
 
-use rut::wire::{self, Instance, Key, Kind, Message, Shared, LEN};
-use rut::relay::Transmit;
 use rut::relay::table::{Route, TunnelKey};
+use rut::relay::Transmit;
 use rut::wire::wireguard;
+use rut::wire::{self, Instance, Key, Kind, Message, Shared, LEN};
 use sim::*;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

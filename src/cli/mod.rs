@@ -1,28 +1,12 @@
 //! The command line: the seed README's options, verbatim, plus a few the issues added.
 //! Parsing never touches the network, so a daemon started before DNS works still starts.
 
+pub use crate::addr::HostPort;
 use getopts::Options;
 use std::ffi::OsString;
 use std::time::Duration;
 
 pub const KEY_ENV: &str = "REVERSE_UDP_TUNNEL_KEY";
-
-/// HOST:PORT as given; resolved later (and again when the relay stops answering).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::fmt::Display for HostPort {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {

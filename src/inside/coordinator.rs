@@ -3,12 +3,12 @@
 //! threads, resolved names, timer ticks) with the time, and answers with [`Action`]s. No socket, no clock, no
 //! thread: `inside.rs` opens the sockets, runs the tunnel threads and performs the actions.
 
+use crate::addr;
 use crate::cli::HostPort;
-use crate::sys::socket as net;
-use crate::pace::Once;
-use crate::wire::{Claim, Identity, Kind, Message, LEN};
+use crate::inside::identity::Identity;
+use crate::pace::{self, Once};
 use crate::stats::Drops;
-use crate::inside::tunnel::Event;
+use crate::wire::{Claim, Kind, Message, LEN};
 use log::{debug, error, info, warn};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +20,39 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// A re-challenged tunnel re-registers every tunnel, at most this often (a replayed challenge must not make every
 /// tunnel send).
 const REREGISTER_EVERY: Duration = Duration::from_secs(1);
+
+/// What a tunnel thread tells the coordinator (with its tunnel number).
+#[derive(Debug)]
+pub enum Event {
+    /// An authenticated message from the relay.
+    Control(Message),
+    /// The relay's unauthenticated "your MAC failed" notice.
+    AuthFail,
+    /// The first datagram of a client arrived: the tunnel is no longer a spare.
+    Activated,
+    /// An active tunnel carried nothing for its idle timeout; the thread has ended.
+    Idle,
+    /// The thread could not go on and has ended.
+    Failed(Failure),
+}
+
+/// Why a tunnel thread ended on its own.
+#[derive(Debug)]
+pub enum Failure {
+    Buffer(std::io::Error),
+    Timeout(std::io::Error),
+    Receive(std::io::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Failure::Buffer(e) => write!(f, "cannot allocate its receive buffer: {e}"),
+            Failure::Timeout(e) => write!(f, "cannot set its receive timeout: {e}"),
+            Failure::Receive(e) => write!(f, "receive failed: {e}"),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -127,7 +160,7 @@ impl Handle {
 /// never more than a quarter of the interval apart, so that the relay (which forgets a tunnel silent for two
 /// intervals) sees several tries before it would: with a 2 s interval every 0.5 s, with 25 s after 1, 2, 4, 6.25 s.
 pub fn retry_after(attempt: u32, keepalive: Duration) -> Duration {
-    net::backoff(attempt, keepalive).min(keepalive / 4)
+    pace::backoff(attempt, keepalive).min(keepalive / 4)
 }
 
 #[derive(Default)]
@@ -337,10 +370,10 @@ impl Coordinator {
                         if let Some(c) = client {
                             let seen = h
                                 .local
-                                .map_or("?".to_string(), |l| net::shown(l).to_string());
+                                .map_or("?".to_string(), |l| addr::shown(l).to_string());
                             info!(
                                 "tunnel {id}: client {} is {seen} to the service",
-                                net::shown(c)
+                                addr::shown(c)
                             );
                         }
                     }
@@ -391,7 +424,7 @@ impl Coordinator {
                 + if h.registered {
                     retry_after(h.attempts - 1, keepalive)
                 } else {
-                    net::backoff(h.attempts - 1, keepalive)
+                    pace::backoff(h.attempts - 1, keepalive)
                 };
         }
     }
@@ -471,7 +504,7 @@ impl Coordinator {
                 bound_by: 0,
                 local: None,
                 last_sent: now,
-                next_keepalive: now + net::backoff(0, self.settings.keepalive),
+                next_keepalive: now + pace::backoff(0, self.settings.keepalive),
                 attempts: 1,
                 unacked: Some(counter),
             },
@@ -497,7 +530,7 @@ impl Coordinator {
         out.push(Action::Stop { id });
         self.identity.set_carrying(self.active());
         match (h.active, h.client) {
-            (true, Some(c)) => info!("tunnel {id} closed: {why} (client {})", net::shown(c)),
+            (true, Some(c)) => info!("tunnel {id} closed: {why} (client {})", addr::shown(c)),
             (true, None) => info!("tunnel {id} closed: {why}"),
             (false, _) => info!("spare tunnel {id} closed: {why}"),
         }
@@ -540,7 +573,6 @@ impl Coordinator {
 
     /// Close every tunnel, telling the relay.
     pub fn shutdown(&mut self, sig: &str, out: &mut Vec<Action>) {
-        crate::sys::logging::status(&self.status());
         info!("{sig}: closing {} tunnels and exiting", self.tunnels.len());
         let ids: Vec<u32> = self.tunnels.keys().copied().collect();
         for id in ids {
@@ -560,13 +592,13 @@ impl Coordinator {
                 };
                 let next = h.next_keepalive.saturating_duration_since(now);
                 let who = match (h.active, h.client) {
-                    (true, Some(c)) => format!(" client {}", net::shown(c)),
+                    (true, Some(c)) => format!(" client {}", addr::shown(c)),
                     (true, None) => " client not yet said by the relay".to_string(),
                     (false, _) => String::new(),
                 };
                 // The pair an admin needs (issue "who is who"): the service's view of the tunnel beside the client.
                 let local = match (h.active, h.local) {
-                    (true, Some(l)) => format!(", service sees {}", net::shown(l)),
+                    (true, Some(l)) => format!(", service sees {}", addr::shown(l)),
                     _ => String::new(),
                 };
                 format!(

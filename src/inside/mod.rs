@@ -3,18 +3,23 @@
 //! looking names up on helper threads. All decisions are the coordinator's.
 
 pub mod coordinator;
+pub mod identity;
 pub mod tunnel;
 
-use crate::cli::{Config, HostPort};
+use crate::addr::{self, HostPort};
+use crate::cli::Config;
+use crate::inside::coordinator::Event;
 use crate::inside::coordinator::{Action, Coordinator, Input, Settings};
-use crate::sys::logging;
-use crate::sys::socket as net;
-use crate::pace::Every;
-use crate::wire::{self as protocol, Identity, Instance};
-use crate::sys::signal::{self, Signal as Sig};
+use crate::inside::tunnel::{Control, Tunnel};
+use crate::pace::{self, Every};
 use crate::stats::Drops;
-use crate::inside::tunnel::{Control, Event, Tunnel};
+use crate::sys::logging;
+use crate::sys::random::random_bytes;
+use crate::sys::signal::{self, Signal as Sig};
+use crate::sys::socket as net;
+use crate::wire::Instance;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use identity::Identity;
 use log::{debug, error, info, warn};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -67,14 +72,14 @@ impl Shell {
                 }
                 Action::Send { id, to, msg } => {
                     if let Some(o) = self.open.get(id) {
-                        if let Err(e) = o.sock.send_to(msg, net::as_seen_by(o.v6, *to)) {
+                        if let Err(e) = o.sock.send_to(msg, addr::as_seen_by(o.v6, *to)) {
                             debug!("control send to {to} failed: {e}");
                         }
                     }
                 }
                 Action::SetRelay { id, relay } => {
                     if let Some(o) = self.open.get(id) {
-                        o.ctl.set_relay(net::as_seen_by(o.v6, *relay));
+                        o.ctl.set_relay(addr::as_seen_by(o.v6, *relay));
                     }
                 }
                 Action::Stop { id } => {
@@ -101,13 +106,13 @@ impl Shell {
         let v6 = bound.is_ipv6();
         let local = net::source_toward(service, bound.port());
         let ctl = Arc::new(Control::default());
-        let jitter = 0.8
-            + 0.4 * f64::from(u32::from_le_bytes(protocol::random_bytes())) / f64::from(u32::MAX);
+        let jitter =
+            0.8 + 0.4 * f64::from(u32::from_le_bytes(random_bytes())) / f64::from(u32::MAX);
         Tunnel {
             id,
             sock: sock.clone(),
-            relay: net::as_seen_by(v6, relay),
-            service: net::as_seen_by(v6, service),
+            relay: addr::as_seen_by(v6, relay),
+            service: addr::as_seen_by(v6, service),
             identity: self.identity.clone(),
             idle_timeout: self.cfg.idle_timeout.mul_f64(jitter),
             report: {
@@ -138,7 +143,7 @@ impl Shell {
         let spawned = std::thread::Builder::new()
             .name("resolve".into())
             .spawn(move || {
-                let mut retries = net::Retries::new(REWARN_UNRESOLVED);
+                let mut retries = pace::Retries::new(REWARN_UNRESOLVED);
                 loop {
                     match net::resolve(&name) {
                         Ok(addr) => {
@@ -170,7 +175,11 @@ fn coordinate(
     wake: Sender<Wake>,
     wakes: Receiver<Wake>,
 ) {
-    let identity = Arc::new(Identity::new(&cfg.key, Instance::random(), cfg.shared()));
+    let identity = Arc::new(Identity::new(
+        &cfg.key,
+        Instance(random_bytes()),
+        cfg.shared(),
+    ));
     let drops = Arc::new(Drops::default());
     info!(
         "inside agent run {} for service {service} via relay {relay}",
@@ -218,6 +227,7 @@ fn coordinate(
                 None
             }
             Ok(Wake::Shutdown(sig)) => {
+                logging::status(&core.status());
                 core.shutdown(sig, &mut actions);
                 shell.perform(&mut core, Instant::now(), &mut actions);
                 return;

@@ -5,47 +5,16 @@
 //! forwards leave together, in order; control messages from the relay go to the coordinator, which owns all
 //! decisions.
 
+use crate::inside::coordinator::{Event, Failure};
+use crate::inside::identity::Identity;
+use crate::stats::Drops;
 use crate::sys::batch::{Batch, Shape, Tx};
 use crate::sys::socket as net;
-use crate::wire::{self as protocol, Identity, Kind, Message};
-use crate::stats::Drops;
+use crate::wire::{self as protocol, Kind};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// What a tunnel thread tells the coordinator (with its tunnel number).
-#[derive(Debug)]
-pub enum Event {
-    /// An authenticated message from the relay.
-    Control(Message),
-    /// The relay's unauthenticated "your MAC failed" notice.
-    AuthFail,
-    /// The first datagram of a client arrived: the tunnel is no longer a spare.
-    Activated,
-    /// An active tunnel carried nothing for its idle timeout; the thread has ended.
-    Idle,
-    /// The thread could not go on and has ended.
-    Failed(Failure),
-}
-
-/// Why a tunnel thread ended on its own.
-#[derive(Debug)]
-pub enum Failure {
-    Buffer(std::io::Error),
-    Timeout(std::io::Error),
-    Receive(std::io::Error),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        match self {
-            Failure::Buffer(e) => write!(f, "cannot allocate its receive buffer: {e}"),
-            Failure::Timeout(e) => write!(f, "cannot set its receive timeout: {e}"),
-            Failure::Receive(e) => write!(f, "receive failed: {e}"),
-        }
-    }
-}
 
 /// What the coordinator tells a tunnel thread: only ever "stop" or "the relay's address is now X", where the
 /// latest value wins, so a flag and a slot rather than a queue. The tunnel checks one atomic per datagram.

@@ -4,18 +4,20 @@
 //! The data path is [`Relay::on_datagram`] returning `Some(address)`: forward the datagram, unchanged, there.
 //! Everything else (control replies, held datagrams released to a new tunnel) is pushed to `out`.
 
+pub mod cookies;
 pub mod remembered;
 pub mod socket;
 pub mod strangers;
 pub mod table;
 
-use crate::sys::socket as net;
+use crate::addr;
 use crate::pace::{Every, Once};
-use crate::wire::{self as protocol, Cookies, Instance, Key, Kind, Message, Shared};
-use crate::stats::Drops;
 use crate::relay::strangers::Strangers;
 use crate::relay::table::{Restored, Route, Table};
+use crate::stats::Drops;
 use crate::wire::wireguard::{Admission, Reason, Verdict};
+use crate::wire::{self as protocol, Instance, Key, Kind, Message, Shared};
+use cookies::{Cookies, COOKIE_LIFETIME};
 use log::{debug, info, warn};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -283,7 +285,7 @@ impl Relay {
             if self.said.full.first() {
                 warn!(
                     "all {limit} tunnels in use: refusing new clients (first: {})",
-                    net::shown(src)
+                    addr::shown(src)
                 );
             }
             return None;
@@ -329,15 +331,15 @@ impl Relay {
                  (first: tunnel {} from {} to {}); counted as reclaimed",
                 self.limit(),
                 tun.key.1,
-                net::shown(old),
-                net::shown(src)
+                addr::shown(old),
+                addr::shown(src)
             );
         }
         debug!(
             "tunnel {} reclaimed from {} for {}",
             tun.key.1,
-            net::shown(old),
-            net::shown(src)
+            addr::shown(old),
+            addr::shown(src)
         );
         Some(tun.addr)
     }
@@ -348,9 +350,9 @@ impl Relay {
         let tun = self.table.get(t)?;
         info!(
             "client {} -> tunnel {} at {} ({} active)",
-            net::shown(client),
+            addr::shown(client),
             tun.key.1,
-            net::shown(tun.addr),
+            addr::shown(tun.addr),
             self.table.active()
         );
         Some(tun.addr)
@@ -366,7 +368,7 @@ impl Relay {
                     warn!(
                         "control message of protocol version {v} from {}: this relay speaks version {}; \
                          run the same release on both sides",
-                        net::shown(src),
+                        addr::shown(src),
                         protocol::VERSION
                     );
                 }
@@ -375,7 +377,7 @@ impl Relay {
             Err(e) => {
                 return debug!(
                     "ignored control-shaped datagram from {}: {e}",
-                    net::shown(src)
+                    addr::shown(src)
                 )
             }
         };
@@ -383,7 +385,7 @@ impl Relay {
             return debug!(
                 "ignored message of replaced inside run {} from {}",
                 msg.instance,
-                net::shown(src)
+                addr::shown(src)
             );
         }
         match msg.kind {
@@ -391,7 +393,7 @@ impl Relay {
             Kind::Response => self.on_response(now, src, &msg, out),
             Kind::Close => self.on_close(now, &msg),
             // Relay-to-inside kinds sent back at us: nothing to do.
-            _ => debug!("ignored {:?} from {}", msg.kind, net::shown(src)),
+            _ => debug!("ignored {:?} from {}", msg.kind, addr::shown(src)),
         }
     }
 
@@ -408,7 +410,7 @@ impl Relay {
         if self.said.badauth.first() {
             warn!(
                 "control message from {} failed authentication: the inside agent's key differs from ours (-k)",
-                net::shown(src)
+                addr::shown(src)
             );
         }
         // Tell the sender, at most once a second in all, with as many bytes as it sent: its log then says why.
@@ -494,7 +496,7 @@ impl Relay {
             return debug!(
                 "stale or repeated keepalive of tunnel {} from {}",
                 msg.tunnel,
-                net::shown(src)
+                addr::shown(src)
             );
         }
         if tun.addr == src {
@@ -526,7 +528,7 @@ impl Relay {
         if !self.cookies.check(now, src, msg) {
             return debug!(
                 "response with a stale or foreign cookie from {}",
-                net::shown(src)
+                addr::shown(src)
             );
         }
         // The key works again (or at last): a later mismatch is news worth a line.
@@ -588,12 +590,12 @@ impl Relay {
             return debug!(
                 "replayed response of removed or refused tunnel {} from {}: ignored",
                 msg.tunnel,
-                net::shown(src)
+                addr::shown(src)
             );
         }
         self.note_settings(now, msg);
         // The client as this socket reports it (IPv4-mapped on a dual-stack socket, as the tunnel's own source).
-        let client = msg.client.map(|c| net::as_seen_by(src.is_ipv6(), c));
+        let client = msg.client.map(|c| addr::as_seen_by(src.is_ipv6(), c));
         let waiting_here = client.is_some_and(|c| self.table.is_waiting(&c));
         let busy = self.table.active() + self.table.waiting() - usize::from(waiting_here);
         let refused = match client {
@@ -622,8 +624,8 @@ impl Relay {
                 info!(
                     "tunnel {} from {} carried client {}: {why}; asking the inside agent to close it",
                     msg.tunnel,
-                    net::shown(src),
-                    client.map_or("?".to_string(), |c| net::shown(c).to_string())
+                    addr::shown(src),
+                    client.map_or("?".to_string(), |c| addr::shown(c).to_string())
                 );
                 // Like a drop: a late copy of this response must not restore it later.
                 self.table.refuse_for_good(key, now);
@@ -639,8 +641,8 @@ impl Relay {
         info!(
             "tunnel {} restored at {} with its client {} ({} active)",
             msg.tunnel,
-            net::shown(src),
-            net::shown(c),
+            addr::shown(src),
+            addr::shown(c),
             self.table.active()
         );
         out.extend(held.into_iter().map(|data| Transmit { to: src, data }));
@@ -688,7 +690,7 @@ impl Relay {
             }
             None => info!(
                 "inside agent (run {instance}) connected from {}",
-                net::shown(src)
+                addr::shown(src)
             ),
         }
     }
@@ -707,7 +709,7 @@ impl Relay {
             return debug!(
                 "replayed response of removed or refused tunnel {} from {}: ignored",
                 msg.tunnel,
-                net::shown(src)
+                addr::shown(src)
             );
         }
         if self.table.spares() >= self.settings.max_tunnels {
@@ -734,7 +736,7 @@ impl Relay {
         info!(
             "spare tunnel {} registered from {} ({} spare)",
             msg.tunnel,
-            net::shown(src),
+            addr::shown(src),
             self.table.spares()
         );
         self.serve_waiting(now, out);
@@ -773,8 +775,8 @@ impl Relay {
         info!(
             "tunnel {} moved from {} to {}",
             tun.key.1,
-            net::shown(from),
-            net::shown(src)
+            addr::shown(from),
+            addr::shown(src)
         );
         match tun.client {
             Some(c) => out.extend(held.into_iter().map(|data| Transmit { to: c, data })),
@@ -816,7 +818,7 @@ impl Relay {
             Some(c) => info!(
                 "tunnel {} closed by the inside agent (client {})",
                 msg.tunnel,
-                net::shown(c)
+                addr::shown(c)
             ),
             None => info!("spare tunnel {} closed by the inside agent", msg.tunnel),
         }
@@ -825,12 +827,12 @@ impl Relay {
     /// Expire what timed out, and hand spares to clients that waited out a recovery. Call a few times a second;
     /// nothing depends on the exact period.
     pub fn on_tick(&mut self, now: Instant, out: &mut Vec<Transmit>) {
-        self.table.expire_gone(now, protocol::COOKIE_LIFETIME);
+        self.table.expire_gone(now, COOKIE_LIFETIME);
         self.table.remembered().expire(now);
         for tun in self.table.expire(now) {
             let who = tun
                 .client
-                .map(|c| format!(" (client {})", net::shown(c)))
+                .map(|c| format!(" (client {})", addr::shown(c)))
                 .unwrap_or_default();
             info!(
                 "tunnel {} sent no keepalive for {}s: forgotten{who}",
@@ -871,19 +873,19 @@ impl Relay {
         (0..t.slots())
             .filter_map(|i| t.get(i))
             .map(|tun| {
-                let client = tun
-                    .client
-                    .map_or("spare".to_string(), |c| format!("client {}", net::shown(c)));
+                let client = tun.client.map_or("spare".to_string(), |c| {
+                    format!("client {}", addr::shown(c))
+                });
                 // Only a tunnel with a client has a pair worth showing: the client and how the service sees it.
                 let local = match (tun.client, tun.local) {
-                    (Some(_), Some(l)) => format!(", service sees {}", net::shown(l)),
+                    (Some(_), Some(l)) => format!(", service sees {}", addr::shown(l)),
                     _ => String::new(),
                 };
                 format!(
                     "tunnel {} of run {} at {}: {client}{local}, last keepalive {}s ago",
                     tun.key.1,
                     tun.key.0,
-                    net::shown(tun.addr),
+                    addr::shown(tun.addr),
                     now.saturating_duration_since(tun.last_keepalive).as_secs()
                 )
             })

@@ -2,14 +2,14 @@
 //! relay.rs; this file only receives, asks it, sends, and keeps time. The relay owns its table outright, so the
 //! data path takes no lock: receive, one hash lookup on the source address, send.
 
-use crate::sys::batch::{Batch, Shape};
 use crate::cli::Config;
-use crate::sys::logging;
-use crate::sys::socket as net;
 use crate::pace::Every;
-use crate::wire::random_bytes;
 use crate::relay::{Relay, Settings, Transmit};
+use crate::sys::batch::{Batch, Shape};
+use crate::sys::logging;
+use crate::sys::random::random_bytes;
 use crate::sys::signal::{self, Signal};
+use crate::sys::socket as net;
 use crate::wire::wireguard::Admission;
 use log::{debug, info, warn};
 use std::net::{SocketAddr, UdpSocket};

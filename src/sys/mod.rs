@@ -2,5 +2,6 @@
 
 pub mod batch;
 pub mod logging;
+pub mod random;
 pub mod signal;
 pub mod socket;

@@ -1,10 +1,8 @@
 //! Sockets, addresses and the few OS facilities std lacks (libc).
 
-use crate::cli::HostPort;
-use crate::pace::Every;
+use crate::addr::HostPort;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 
 /// Takes any UDP payload: 65507 bytes over IPv4, a little more over IPv6.
 pub const BUF_LEN: usize = 65536;
@@ -105,28 +103,6 @@ pub fn source_toward(peer: SocketAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// `addr` as a socket of the given family sees it: IPv4 becomes IPv4-mapped IPv6 on an IPv6 socket, so
-/// comparisons with `recv_from` results are plain equality.
-pub fn as_seen_by(sock_v6: bool, addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(a) if sock_v6 => {
-            SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
-        }
-        _ => addr,
-    }
-}
-
-/// For logs: `::ffff:192.0.2.1` is shown as `192.0.2.1`.
-pub fn shown(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
-            None => addr,
-        },
-        _ => addr,
-    }
-}
-
 /// Memory that costs nothing resident until it is written: a thousand idle tunnels must not hold a thousand
 /// touched 64 KiB receive buffers (fresh anonymous pages are the shared zero page until written).
 pub struct Mapped {
@@ -221,84 +197,9 @@ pub fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// Backoff for retries: 1 s, 2 s, 4 s … capped.
-pub fn backoff(attempt: u32, cap: Duration) -> Duration {
-    Duration::from_secs(1u64 << attempt.min(16)).min(cap)
-}
-
-/// How a name that does not resolve (yet) is retried: after 1, 2, 4 … 30 s, with a warning now and again every
-/// `rewarn` while it lasts, and the retries in between at debug level (a daemon may start before DNS works, and
-/// a log read by priority should say so without a line every 30 s).
-pub struct Retries {
-    attempt: u32,
-    warn: Every,
-}
-
-impl Retries {
-    pub const CAP: Duration = Duration::from_secs(30);
-
-    pub fn new(rewarn: Duration) -> Retries {
-        Retries {
-            attempt: 0,
-            warn: Every::new(rewarn),
-        }
-    }
-
-    /// After an attempt failed at `now`: the level to log it at, and how long to wait before the next one.
-    pub fn failed(&mut self, now: Instant) -> (log::Level, Duration) {
-        let level = if self.warn.due(now) {
-            log::Level::Warn
-        } else {
-            log::Level::Debug
-        };
-        let wait = backoff(self.attempt, Self::CAP);
-        self.attempt = self.attempt.saturating_add(1);
-        (level, wait)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A name that never resolves: warned at once and every 5 minutes, the retries in between at debug level,
-    /// the waits 1, 2, 4 … 30 s.
-    #[test]
-    fn an_unresolvable_name_is_rewarned_every_period() {
-        let t0 = Instant::now();
-        let mut r = Retries::new(Duration::from_secs(300));
-        let (mut now, mut warned, mut waits) = (t0, Vec::new(), Vec::new());
-        while now < t0 + Duration::from_secs(3600) {
-            let (level, wait) = r.failed(now);
-            if level == log::Level::Warn {
-                warned.push((now - t0).as_secs());
-            } else {
-                assert_eq!(level, log::Level::Debug);
-            }
-            waits.push(wait.as_secs());
-            now += wait;
-        }
-        assert_eq!(waits[..7], [1, 2, 4, 8, 16, 30, 30]);
-        assert!(waits[5..].iter().all(|&w| w == 30));
-        // Attempts fall at 0, 1, 3, 7, 15, 31, 61, 91 … s: the first one at or after each 5 minutes since the
-        // last warning.
-        assert_eq!(
-            warned,
-            [0, 301, 601, 901, 1201, 1501, 1801, 2101, 2401, 2701, 3001, 3301]
-        );
-    }
-
-    #[test]
-    fn mapping_round_trips() {
-        let v4: SocketAddr = "192.0.2.7:99".parse().unwrap();
-        let mapped = as_seen_by(true, v4);
-        assert_eq!(mapped.to_string(), "[::ffff:192.0.2.7]:99");
-        assert_eq!(shown(mapped), v4);
-        assert_eq!(as_seen_by(false, v4), v4);
-        let v6: SocketAddr = "[2001:db8::1]:5".parse().unwrap();
-        assert_eq!(as_seen_by(true, v6), v6);
-        assert_eq!(shown(v6), v6);
-    }
 
     #[test]
     fn recv_buf_is_zeroed_and_writable() {
@@ -307,12 +208,5 @@ mod tests {
         assert!(b.iter().all(|&x| x == 0));
         b[BUF_LEN - 1] = 1;
         assert_eq!(b[BUF_LEN - 1], 1);
-    }
-
-    #[test]
-    fn backoff_doubles_then_caps() {
-        let cap = Duration::from_secs(30);
-        let v: Vec<u64> = (0..7).map(|i| backoff(i, cap).as_secs()).collect();
-        assert_eq!(v, [1, 2, 4, 8, 16, 30, 30]);
     }
 }

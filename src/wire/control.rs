@@ -44,7 +44,6 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::time::Instant;
 
 /// Size of every control message.
 pub const LEN: usize = 124;
@@ -111,25 +110,9 @@ impl Kind {
     }
 }
 
-/// Bytes from the operating system's generator (getrandom).
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    use rand::TryRngCore;
-    let mut b = [0u8; N];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut b)
-        .expect("the OS random generator works");
-    b
-}
-
 /// Random id of one run of the inside agent: a restarted agent is a new instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Instance(pub [u8; 16]);
-
-impl Instance {
-    pub fn random() -> Instance {
-        Instance(random_bytes())
-    }
-}
 
 impl std::fmt::Display for Instance {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -383,135 +366,6 @@ impl Claim {
     }
 }
 
-/// Who one run of the inside agent is: the key, the run's random instance id and its message counter. Shared by
-/// the coordinator and the tunnel threads, which all seal messages.
-pub struct Identity {
-    pub key: Key,
-    pub instance: Instance,
-    /// One counter for the whole run, so messages of every tunnel are fresh whatever the clock says, and the
-    /// number of tunnels carrying a client, said in every message. A mutex, not an AtomicU64: MIPS32 has no
-    /// 64-bit atomics, and a control message costs an HMAC anyway.
-    run: std::sync::Mutex<Run>,
-    /// This agent's settings, said in every message.
-    shared: Shared,
-}
-
-#[derive(Default)]
-struct Run {
-    counter: u64,
-    carrying: u32,
-}
-
-impl Identity {
-    pub fn new(key: &[u8], instance: Instance, shared: Shared) -> Identity {
-        Identity {
-            key: Key::new(key),
-            instance,
-            run: std::sync::Mutex::new(Run::default()),
-            shared,
-        }
-    }
-
-    fn run(&self) -> std::sync::MutexGuard<'_, Run> {
-        self.run.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// How many tunnels carry a client now (the coordinator keeps it current).
-    pub fn set_carrying(&self, n: usize) {
-        self.run().carrying = n.try_into().unwrap_or(u32::MAX);
-    }
-
-    /// Seal a fresh inside→relay message: the counter strictly increases across all tunnels of the run.
-    pub fn seal(&self, kind: Kind, tunnel: u32, active: bool, cookie: [u8; 8]) -> [u8; LEN] {
-        self.seal_claim(kind, tunnel, &Claim::active(active), cookie)
-            .1
-    }
-
-    /// Seal a fresh inside→relay message that says `claim`; its counter, and the message.
-    pub fn seal_claim(
-        &self,
-        kind: Kind,
-        tunnel: u32,
-        claim: &Claim,
-        cookie: [u8; 8],
-    ) -> (u64, [u8; LEN]) {
-        let (counter, carrying) = {
-            let mut run = self.run();
-            run.counter += 1;
-            (run.counter, run.carrying)
-        };
-        let mut m = Message::new(kind, self.instance, tunnel, counter);
-        m.active = claim.active;
-        m.answered = claim.active && claim.answered;
-        m.client = claim.client.filter(|_| claim.active);
-        m.local = claim.local;
-        m.cookie = cookie;
-        m.shared = self.shared;
-        m.carrying = carrying;
-        (counter, self.key.seal(&m))
-    }
-}
-
-/// The relay's stateless challenge, as DTLS's HelloVerifyRequest: a MAC (64 bits of HMAC-SHA256), under a secret
-/// that lives only in this relay process, of the claimed tunnel, the address it came from and a coarse clock.
-/// Guessing one for an address the guesser does not receive at takes about 2^63 tries within its 10 s life. Answering it proves
-/// the sender receives at that address and holds the shared key, so a replayed keepalive from anywhere else
-/// registers nothing, and the relay stores nothing until the answer arrives.
-pub struct Cookies {
-    mac: Hmac<Sha256>,
-    start: Instant,
-}
-
-/// A cookie is valid for between one and two of these periods.
-const COOKIE_PERIOD_SECS: u64 = 5;
-/// The longest a cookie stays valid.
-pub const COOKIE_LIFETIME: std::time::Duration =
-    std::time::Duration::from_secs(2 * COOKIE_PERIOD_SECS);
-
-impl Cookies {
-    /// `secret` lives only in this relay process (the OS generator gives it); epochs count from `start`.
-    pub fn new(secret: [u8; 32], start: Instant) -> Cookies {
-        Cookies {
-            mac: Hmac::new_from_slice(&secret).expect("HMAC takes keys of any length"),
-            start,
-        }
-    }
-
-    fn epoch(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.start).as_secs() / COOKIE_PERIOD_SECS
-    }
-
-    fn compute(&self, epoch: u64, from: SocketAddr, msg: &Message) -> [u8; 8] {
-        let mut m = self.mac.clone();
-        m.update(&epoch.to_be_bytes());
-        match from {
-            SocketAddr::V4(a) => m.update(&a.ip().to_ipv6_mapped().octets()),
-            SocketAddr::V6(a) => m.update(&a.ip().octets()),
-        }
-        m.update(&from.port().to_be_bytes());
-        m.update(&msg.instance.0);
-        m.update(&msg.tunnel.to_be_bytes());
-        m.finalize().into_bytes()[..8].try_into().unwrap()
-    }
-
-    pub fn issue(&self, now: Instant, from: SocketAddr, msg: &Message) -> [u8; 8] {
-        self.compute(self.epoch(now), from, msg)
-    }
-
-    /// Checks `msg.cookie` for `from`, in constant time.
-    pub fn check(&self, now: Instant, from: SocketAddr, msg: &Message) -> bool {
-        let e = self.epoch(now);
-        let ok = |epoch| {
-            let want = self.compute(epoch, from, msg);
-            want.iter()
-                .zip(msg.cookie.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-        };
-        ok(e) | (e > 0 && ok(e - 1))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,35 +468,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_claim_says_its_client_only_when_active() {
-        let id = Identity::new(b"k", Instance([1; 16]), Shared::default());
-        id.set_carrying(3);
-        let claim = Claim {
-            active: false,
-            answered: true,
-            client: Some("192.0.2.1:9".parse().unwrap()),
-            local: None,
-        };
-        let (c1, b) = id.seal_claim(Kind::Keepalive, 1, &claim, [0; 8]);
-        let m = id.key.open(&b).unwrap();
-        assert_eq!(
-            (m.client, m.answered, m.carrying, m.counter),
-            (None, false, 3, c1)
-        );
-        let (c2, b) = id.seal_claim(
-            Kind::Keepalive,
-            1,
-            &Claim {
-                active: true,
-                ..claim
-            },
-            [0; 8],
-        );
-        let m = id.key.open(&b).unwrap();
-        assert_eq!((m.client, m.answered, c2), (claim.client, true, c1 + 1));
-    }
-
     fn reseal(key: &Key, b: &mut [u8; LEN]) {
         let mut m = key.mac.clone();
         m.update(&b[..MAC_AT]);
@@ -722,25 +547,5 @@ mod tests {
         let n = Key::authfail_notice();
         assert!(looks_like_control(&n));
         assert_eq!(Key::new(b"k").open(&n), Err(Error::AuthFailNotice));
-    }
-
-    #[test]
-    fn cookie_binds_address_tunnel_and_time() {
-        let now = Instant::now();
-        let c = Cookies::new([1; 32], now);
-        let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
-        let b: SocketAddr = "192.0.2.1:1001".parse().unwrap();
-        let mut m = sample();
-        m.cookie = c.issue(now, a, &m);
-        assert!(c.check(now, a, &m));
-        assert!(!c.check(now, b, &m), "another address");
-        let other_tunnel = Message { tunnel: 1, ..m };
-        assert!(!c.check(now, a, &other_tunnel));
-        let later = now + std::time::Duration::from_secs(3 * COOKIE_PERIOD_SECS);
-        assert!(!c.check(later, a, &m), "expired");
-        assert!(
-            !Cookies::new([2; 32], now).check(now, a, &m),
-            "another relay process"
-        );
     }
 }

@@ -2,8 +2,9 @@
 //! challenges as the real one does, clients, and a seeded random generator. No sockets, no sleeps.
 #![allow(dead_code)] // each test binary uses its own part
 
-use rut::wire::{Claim, Identity, Instance, Key, Kind, Message, Shared, LEN};
+use rut::inside::identity::Identity;
 use rut::relay::{Relay, Settings, Transmit};
+use rut::wire::{Claim, Instance, Key, Kind, Message, Shared, LEN};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,7 +77,7 @@ pub fn addr(i: usize) -> SocketAddr {
 pub fn addr_seen(dual_stack: bool, i: usize) -> SocketAddr {
     match dual_stack {
         false => SocketAddr::from(([198, 51, 100, 1 + i as u8], 4000 + i as u16)),
-        true => rut::sys::socket::as_seen_by(true, addr(i)),
+        true => rut::addr::as_seen_by(true, addr(i)),
     }
 }
 

@@ -1,8 +1,8 @@
 //! The relay's tunnel/client table. One hash lookup on the source address routes every datagram; the rest
 //! (spares, waiting clients, roaming) changes only on control messages and new clients.
 
-use crate::wire::Instance;
 use crate::relay::remembered::Remembered;
+use crate::wire::Instance;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
