@@ -493,7 +493,7 @@ fn restarted_inside_agent_with_its_clock_set_back_a_day_takes_over_at_once() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let yesterday = || {
             let t = std::time::SystemTime::now() - Duration::from_secs(86_400);
-            civil_date(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs())
+            rut::sys::logging::rfc3339(t)[..10].to_string()
         };
         // Yesterday's date before the start and after the first line: one of them, if midnight fell between.
         let before = yesterday();
@@ -508,22 +508,6 @@ fn restarted_inside_agent_with_its_clock_set_back_a_day_takes_over_at_once() {
         );
         agent
     });
-}
-
-/// YYYY-MM-DD (UTC) of a Unix time.
-fn civil_date(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod logging;
+pub mod mapped;
 pub mod random;
 pub mod signal;
 pub mod socket;

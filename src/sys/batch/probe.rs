@@ -3,6 +3,52 @@
 
 use super::*;
 
+/// What this kernel offers, as found by [`offload`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offload {
+    /// `recvmmsg` and `sendmmsg`.
+    pub mmsg: bool,
+    /// `UDP_SEGMENT` on send.
+    pub gso: bool,
+    /// `UDP_GRO` on receive, with its control message.
+    pub gro: bool,
+}
+
+impl Offload {
+    /// One datagram per system call: the path every kernel has.
+    pub const PLAIN: Offload = Offload {
+        mmsg: false,
+        gso: false,
+        gro: false,
+    };
+}
+
+impl std::fmt::Display for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let on = |b: bool| if b { "on" } else { "off" };
+        write!(
+            f,
+            "recvmmsg/sendmmsg {}, GSO {}, GRO {}",
+            on(self.mmsg),
+            on(self.gso),
+            on(self.gro)
+        )
+    }
+}
+
+/// What the kernel offers, tried once per process on a pair of loopback sockets. `RUT_PLAIN_IO` set (to
+/// anything but 0) forces the plain path.
+pub fn offload() -> Offload {
+    static FOUND: OnceLock<Offload> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        if std::env::var_os("RUT_PLAIN_IO").is_some_and(|v| v != "0") {
+            Offload::PLAIN
+        } else {
+            probe::run()
+        }
+    })
+}
+
 pub fn run() -> Offload {
     let Ok((a, b)) = pair() else {
         return Offload::PLAIN;
