@@ -1,5 +1,7 @@
 //! Addresses as the command line gives them and as the agents compare and show them: no socket, no libc.
 
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, SocketAddr};
 
 /// HOST:PORT as given; resolved later (and again when the relay stops answering).

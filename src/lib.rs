@@ -6,6 +6,8 @@
 //! - [`outside`] and [`table`]: the relay, one socket and one thread owning the tunnel/client table.
 //! - [`inside`] and [`tunnel`]: the inside agent, a coordinator thread and one thread per tunnel.
 
+#![deny(unsafe_code)]
+
 pub mod addr;
 pub mod cli;
 pub mod inside;

@@ -1,5 +1,7 @@
 //! Pacing: "say it once", "every N seconds" and the backoff of retries, so that they are not flags and
-//! timestamps spread over the cores. Both take the time as an argument: the cores that use them never read the clock.
+//! timestamps spread over the cores. All take the time as an argument: the cores that use them never read the clock.
+
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

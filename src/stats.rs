@@ -1,6 +1,8 @@
 //! Counters for the status line. Only drops and refusals are counted: they are rare, so the increments stay
 //! off the per-datagram path.
 
+#![forbid(unsafe_code)]
+
 #[cfg(target_has_atomic = "64")]
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[cfg(not(target_has_atomic = "64"))]

@@ -1,6 +1,8 @@
 //! The command line: the seed README's options, verbatim, plus a few the issues added.
 //! Parsing never touches the network, so a daemon started before DNS works still starts.
 
+#![forbid(unsafe_code)]
+
 pub use crate::addr::HostPort;
 mod options;
 

@@ -56,8 +56,8 @@ pub enum Mode {
 }
 
 /// Install the logger: `level` is `--logLevel` (0 errors … 3 debug), `name` the instance name, `syslog`
-/// whether `--syslog` was given. Returns the mode chosen. Call once; later calls change nothing.
-pub fn init(level: u8, name: Option<&str>, syslog: bool) -> Mode {
+/// whether `--syslog` was given. Call once; later calls change nothing.
+pub fn init(level: u8, name: Option<&str>, syslog: bool) {
     let mode = if syslog {
         Mode::Syslog
     } else if std::env::var_os("JOURNAL_STREAM").is_some_and(|v| is_our_stderr(&v)) {
@@ -73,7 +73,6 @@ pub fn init(level: u8, name: Option<&str>, syslog: bool) -> Mode {
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(max);
     }
-    mode
 }
 
 /// Log the status line at info priority, whatever `--logLevel` says.

@@ -1,6 +1,5 @@
 //! Lazily touched memory for receive buffers (mmap), so idle tunnels cost no resident memory.
 
-use crate::sys::socket::BUF_LEN;
 use std::io;
 
 /// Memory that costs nothing resident until it is written: a thousand idle tunnels must not hold a thousand
@@ -35,11 +34,6 @@ impl Mapped {
         })
     }
 
-    /// A receive buffer that takes any UDP payload.
-    pub fn datagram() -> io::Result<Mapped> {
-        Mapped::new(BUF_LEN)
-    }
-
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr
     }
@@ -70,10 +64,11 @@ impl Drop for Mapped {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::socket::BUF_LEN;
 
     #[test]
     fn recv_buf_is_zeroed_and_writable() {
-        let mut b = Mapped::datagram().unwrap();
+        let mut b = Mapped::new(BUF_LEN).unwrap();
         assert_eq!(b.len(), BUF_LEN);
         assert!(b.iter().all(|&x| x == 0));
         b[BUF_LEN - 1] = 1;

@@ -1,8 +1,15 @@
-//! Everything that touches libc: batched socket I/O, sockets, signals and logging.
+//! Everything that touches libc: batched socket I/O, sockets, mapped buffers, signals, logging, the OS random
+//! generator. The only place `unsafe` is allowed: lib.rs denies it everywhere else, and the decision modules
+//! forbid it outright.
 
-pub mod batch;
+#![allow(unsafe_code)]
+
+pub(crate) mod batch;
 pub mod logging;
-pub mod mapped;
-pub mod random;
+pub(crate) mod mapped;
+pub(crate) mod random;
 pub mod signal;
-pub mod socket;
+pub(crate) mod socket;
+
+/// For the tests' roomy loopback sockets: the same buffer the relay asks for.
+pub use socket::grow_receive_buffer;

@@ -393,7 +393,7 @@ impl Drop for Echo {
 /// thread, starved for a moment on a loaded machine, does not drop the burst it was sent: the default holds a few
 /// hundred datagrams.
 pub fn roomy(sock: UdpSocket) -> UdpSocket {
-    rut::sys::socket::grow_receive_buffer(&sock);
+    rut::sys::grow_receive_buffer(&sock);
     sock
 }
 

@@ -40,7 +40,7 @@ mod send;
 use memory::{addr_to_name, name_to_addr, Block, Ctrl, Layout, Name};
 pub use probe::{offload, Offload};
 
-pub use received::{Datagram, Parts, Received};
+pub use received::{Parts, Received};
 use send::SendState;
 pub use send::Tx;
 

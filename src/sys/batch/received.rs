@@ -34,10 +34,6 @@ impl<'a> Parts<'a> {
         self.0.len() + self.1.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The bytes in one piece: borrowed when they are, else copied into `scratch`.
     pub fn contiguous<'s>(&self, scratch: &'s mut Vec<u8>) -> &'s [u8]
     where
@@ -50,12 +46,6 @@ impl<'a> Parts<'a> {
         scratch.extend_from_slice(self.0);
         scratch.extend_from_slice(self.1);
         scratch
-    }
-}
-
-impl<'a> From<&'a [u8]> for Parts<'a> {
-    fn from(b: &'a [u8]) -> Parts<'a> {
-        Parts(b, &[])
     }
 }
 
