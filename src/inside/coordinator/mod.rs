@@ -1,22 +1,31 @@
 //! The inside agent's every decision, as a state machine: which tunnels to open and close, when to send
 //! keepalives, how to answer the relay, when to look names up again. It is fed inputs (events of the tunnel
 //! threads, resolved names, timer ticks) with the time, and answers with [`Action`]s. No socket, no clock, no
-//! thread: `inside.rs` opens the sockets, runs the tunnel threads and performs the actions.
+//! thread: the shell (`inside/shell.rs`) opens the sockets, runs the tunnel threads and performs the actions.
+//!
+//! One `Coordinator`, its `impl` over several files: here what it is told and how it answers the relay;
+//! `pool.rs` its tunnels, the spare pool, opening and closing; `timers.rs` keepalives, retries and the relay
+//! watch; `status.rs` the status line and tunnel table.
+
+mod pool;
+mod status;
+mod timers;
+
+pub use pool::Handle;
+pub use timers::{retry_after, MAX_SLEEP};
 
 use crate::addr;
 use crate::cli::HostPort;
 use crate::inside::identity::Identity;
-use crate::pace::{self, Once};
+use crate::pace::Once;
 use crate::stats::Drops;
-use crate::wire::{Claim, Kind, Message, LEN};
+use crate::wire::{Kind, Message, LEN};
 use log::{debug, error, info, warn};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The longest the coordinator sleeps without a timer due: how late a newly resolved name or a status line may be.
-pub const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// A re-challenged tunnel re-registers every tunnel, at most this often (a replayed challenge must not make every
 /// tunnel send).
 const REREGISTER_EVERY: Duration = Duration::from_secs(1);
@@ -107,60 +116,6 @@ pub enum Input {
     Tunnel(u32, Event),
     /// Opening tunnel `id` failed.
     OpenFailed(u32, std::io::Error),
-}
-
-/// The coordinator's view of one tunnel.
-#[derive(Debug)]
-pub struct Handle {
-    /// Its socket is IPv6 (dual stack), so IPv4 addresses are IPv4-mapped for it.
-    pub v6: bool,
-    /// It carries a client.
-    pub active: bool,
-    /// The relay has acknowledged it.
-    pub registered: bool,
-    /// Whom the relay says it routes through this tunnel (its public address), and whether the service has
-    /// answered that client: said back in keepalives and responses, so a relay that lost the tunnel restores it.
-    pub client: Option<SocketAddr>,
-    pub answered: bool,
-    /// The counter of the ack that said `client`: only a later ack changes it (a replayed one cannot).
-    bound_by: u64,
-    /// The address the service sees this tunnel at.
-    pub local: Option<SocketAddr>,
-    /// When a message last left on this tunnel: the NAT mapping is fresh from then, so the interval counts
-    /// from it (not from when the relay's answer arrived, which may be late).
-    last_sent: Instant,
-    next_keepalive: Instant,
-    attempts: u32,
-    /// The counter of the oldest keepalive the relay has not acknowledged: until an ack for it (or a later
-    /// message) comes, the keepalive is sent again, sooner than the interval.
-    unacked: Option<u64>,
-}
-
-impl Handle {
-    /// What keepalives and responses of this tunnel say about it.
-    fn claim(&self) -> Claim {
-        Claim {
-            active: self.active,
-            answered: self.answered,
-            client: self.client,
-            local: self.local,
-        }
-    }
-
-    /// Send a keepalive from the start, as for a new tunnel (the relay may not know it).
-    fn reregister(&mut self, now: Instant) {
-        self.registered = false;
-        self.attempts = 0;
-        self.unacked = None;
-        self.next_keepalive = now;
-    }
-}
-
-/// How soon an unacknowledged keepalive of a registered tunnel is sent again: after 1 s, then 2, 4 … s, but
-/// never more than a quarter of the interval apart, so that the relay (which forgets a tunnel silent for two
-/// intervals) sees several tries before it would: with a 2 s interval every 0.5 s, with 25 s after 1, 2, 4, 6.25 s.
-pub fn retry_after(attempt: u32, keepalive: Duration) -> Duration {
-    pace::backoff(attempt, keepalive).min(keepalive / 4)
 }
 
 #[derive(Default)]
@@ -389,188 +344,6 @@ impl Coordinator {
         }
     }
 
-    /// Timers: keepalives, the spare pool, a silent relay. Call at [`Coordinator::next_wake`] at the latest.
-    pub fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
-        self.send_keepalives(now, out);
-        self.fill_spares(now, out);
-        self.watch_relay(now, out);
-    }
-
-    /// When `on_tick` must run next.
-    pub fn next_wake(&self, now: Instant) -> Instant {
-        let soonest = self.tunnels.values().map(|h| h.next_keepalive).min();
-        soonest.unwrap_or(now + MAX_SLEEP).min(now + MAX_SLEEP)
-    }
-
-    /// Keepalives on every tunnel, spare and active, keep the NAT mappings open. One the relay does not
-    /// acknowledge is sent again: a registration after 1, 2, 4 … s up to the interval, a registered tunnel's
-    /// keepalive sooner ([`retry_after`]), so that lost datagrams do not make the relay forget a tunnel.
-    fn send_keepalives(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Some(relay) = self.relay else { return };
-        let keepalive = self.settings.keepalive;
-        for (&id, h) in self
-            .tunnels
-            .iter_mut()
-            .filter(|(_, h)| h.next_keepalive <= now)
-        {
-            let (counter, msg) = self
-                .identity
-                .seal_claim(Kind::Keepalive, id, &h.claim(), [0; 8]);
-            out.push(Action::Send { id, to: relay, msg });
-            h.last_sent = now;
-            h.unacked.get_or_insert(counter);
-            h.attempts += 1;
-            h.next_keepalive = now
-                + if h.registered {
-                    retry_after(h.attempts - 1, keepalive)
-                } else {
-                    pace::backoff(h.attempts - 1, keepalive)
-                };
-        }
-    }
-
-    fn active(&self) -> usize {
-        self.tunnels.values().filter(|h| h.active).count()
-    }
-
-    /// Keep `--spares` spare tunnels while fewer than `-n` are active.
-    fn fill_spares(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let active = self.active();
-        if active >= self.settings.max_tunnels {
-            if self.said.full.first() {
-                warn!(
-                    "all {} tunnels are active: no spare until one closes",
-                    self.settings.max_tunnels
-                );
-            }
-        } else {
-            self.said.full.rearm();
-        }
-        let spare = self.tunnels.len() - active;
-        let want = self
-            .settings
-            .spares
-            .min(self.settings.max_tunnels.saturating_sub(active));
-        for _ in spare..want {
-            if !self.open(now, out) {
-                return;
-            }
-        }
-    }
-
-    /// The relay says `waiting` new clients wait for a spare: open that many now, less those already being
-    /// registered, within -n, rather than one behind each spare as it is taken.
-    fn open_for_waiting(&mut self, now: Instant, waiting: usize, out: &mut Vec<Action>) {
-        let pending = self
-            .tunnels
-            .values()
-            .filter(|h| !h.active && !h.registered)
-            .count();
-        let room = self.settings.max_tunnels.saturating_sub(self.tunnels.len());
-        let extra = waiting.saturating_sub(pending).min(room);
-        if extra > 0 {
-            info!("{waiting} new clients wait at the relay: opening {extra} more spare tunnels");
-        }
-        for _ in 0..extra {
-            if !self.open(now, out) {
-                return;
-            }
-        }
-    }
-
-    /// Open a tunnel (the socket layer reports failure back) and send its first keepalive. False if the names
-    /// are not resolved yet.
-    fn open(&mut self, now: Instant, out: &mut Vec<Action>) -> bool {
-        let (Some(relay), Some(service)) = (self.relay, self.service) else {
-            return false;
-        };
-        let id = self.next_id;
-        self.next_id += 1;
-        // As net::bind_for: a dual-stack IPv6 socket unless both ends are IPv4.
-        let v6 = !(relay.is_ipv4() && service.is_ipv4());
-        out.push(Action::Open { id, relay, service });
-        let (counter, msg) =
-            self.identity
-                .seal_claim(Kind::Keepalive, id, &Claim::default(), [0; 8]);
-        out.push(Action::Send { id, to: relay, msg });
-        self.tunnels.insert(
-            id,
-            Handle {
-                v6,
-                active: false,
-                registered: false,
-                client: None,
-                answered: false,
-                bound_by: 0,
-                local: None,
-                last_sent: now,
-                next_keepalive: now + pace::backoff(0, self.settings.keepalive),
-                attempts: 1,
-                unacked: Some(counter),
-            },
-        );
-        true
-    }
-
-    /// Close a tunnel; unless the relay asked for it, tell the relay at once so no client is routed into it.
-    /// The close is sent twice: a lost one would leave the relay routing into a dead tunnel until it expires.
-    fn close(&mut self, id: u32, why: &str, tell_relay: bool, out: &mut Vec<Action>) {
-        let Some(h) = self.tunnels.remove(&id) else {
-            return;
-        };
-        if let (true, Some(relay)) = (tell_relay, self.relay) {
-            for _ in 0..2 {
-                out.push(Action::Send {
-                    id,
-                    to: relay,
-                    msg: self.identity.seal(Kind::Close, id, h.active, [0; 8]),
-                });
-            }
-        }
-        out.push(Action::Stop { id });
-        self.identity.set_carrying(self.active());
-        match (h.active, h.client) {
-            (true, Some(c)) => info!("tunnel {id} closed: {why} (client {})", addr::shown(c)),
-            (true, None) => info!("tunnel {id} closed: {why}"),
-            (false, _) => info!("spare tunnel {id} closed: {why}"),
-        }
-    }
-
-    /// No authenticated word from the relay for two keepalive intervals: say so once, and look its name up
-    /// again (dynamic DNS may have moved it).
-    fn watch_relay(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.tunnels.is_empty() || self.relay.is_none() {
-            return;
-        }
-        let limit = 2 * self.settings.keepalive + Duration::from_secs(1);
-        let since = self.heard.unwrap_or(self.started);
-        let silent_for = now.saturating_duration_since(since);
-        if silent_for < limit {
-            return;
-        }
-        if self.said.silent.first() {
-            warn!(
-                "no answer from the relay {} for {}s: is it running, and does it use the same key?",
-                self.settings.relay_name,
-                silent_for.as_secs()
-            );
-        }
-        let numeric = self
-            .settings
-            .relay_name
-            .host
-            .parse::<std::net::IpAddr>()
-            .is_ok();
-        if !numeric
-            && self
-                .resolving_relay
-                .is_none_or(|t| now.saturating_duration_since(t) >= limit)
-        {
-            self.resolving_relay = Some(now);
-            out.push(Action::Resolve { relay: true });
-        }
-    }
-
     /// Close every tunnel, telling the relay.
     pub fn shutdown(&mut self, sig: &str, out: &mut Vec<Action>) {
         info!("{sig}: closing {} tunnels and exiting", self.tunnels.len());
@@ -578,49 +351,5 @@ impl Coordinator {
         for id in ids {
             self.close(id, sig, true, out);
         }
-    }
-
-    /// The tunnel table, a line per tunnel (for SIGUSR1).
-    pub fn table_lines(&self, now: Instant) -> Vec<String> {
-        self.tunnels
-            .iter()
-            .map(|(id, h)| {
-                let state = match (h.active, h.registered) {
-                    (true, _) => "active",
-                    (false, true) => "spare",
-                    (false, false) => "registering",
-                };
-                let next = h.next_keepalive.saturating_duration_since(now);
-                let who = match (h.active, h.client) {
-                    (true, Some(c)) => format!(" client {}", addr::shown(c)),
-                    (true, None) => " client not yet said by the relay".to_string(),
-                    (false, _) => String::new(),
-                };
-                // The pair an admin needs (issue "who is who"): the service's view of the tunnel beside the client.
-                let local = match (h.active, h.local) {
-                    (true, Some(l)) => format!(", service sees {}", addr::shown(l)),
-                    _ => String::new(),
-                };
-                format!(
-                    "tunnel {id}: {state}{who}{local}, next keepalive in {}s",
-                    next.as_secs()
-                )
-            })
-            .collect()
-    }
-
-    /// `spare` counts only tunnels the relay has acknowledged; `pending` those still registering.
-    pub fn status(&self) -> String {
-        let active = self.active();
-        let spare = self
-            .tunnels
-            .values()
-            .filter(|h| !h.active && h.registered)
-            .count();
-        format!(
-            "status: tunnels active={active} spare={spare} pending={} {}",
-            self.tunnels.len() - active - spare,
-            self.drops.summary()
-        )
     }
 }
