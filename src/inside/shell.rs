@@ -7,7 +7,7 @@ use crate::cli::Config;
 use crate::inside::coordinator::Event;
 use crate::inside::coordinator::{Action, Coordinator, Input};
 use crate::inside::identity::Identity;
-use crate::inside::tunnel::{Control, Tunnel};
+use crate::inside::tunnel::{Mailbox, TunnelThread};
 use crate::inside::Wake;
 use crate::pace;
 use crate::stats::Drops;
@@ -28,7 +28,7 @@ struct OpenTunnel {
     /// The tunnel's socket, shared with its thread: control messages must leave through its own NAT mapping.
     sock: Arc<UdpSocket>,
     v6: bool,
-    ctl: Arc<Control>,
+    mailbox: Arc<Mailbox>,
 }
 
 pub(super) struct Shell {
@@ -86,12 +86,12 @@ impl Shell {
                 }
                 Action::SetRelay { id, relay } => {
                     if let Some(o) = self.open.get(id) {
-                        o.ctl.set_relay(addr::as_seen_by(o.v6, *relay));
+                        o.mailbox.set_relay(addr::as_seen_by(o.v6, *relay));
                     }
                 }
                 Action::Stop { id } => {
                     if let Some(o) = self.open.remove(id) {
-                        o.ctl.stop();
+                        o.mailbox.stop();
                     }
                 }
                 Action::Resolve { relay } => self.resolve(*relay),
@@ -112,10 +112,10 @@ impl Shell {
         let bound = sock.local_addr()?;
         let v6 = bound.is_ipv6();
         let local = net::source_toward(service, bound.port());
-        let ctl = Arc::new(Control::default());
+        let mailbox = Arc::new(Mailbox::default());
         let jitter =
             0.8 + 0.4 * f64::from(u32::from_le_bytes(random_bytes())) / f64::from(u32::MAX);
-        Tunnel {
+        TunnelThread {
             id,
             sock: sock.clone(),
             relay: addr::as_seen_by(v6, relay),
@@ -129,12 +129,12 @@ impl Shell {
                     let _ = wake.send(Wake::Input(Input::Tunnel(id, event)));
                 })
             },
-            ctl: ctl.clone(),
+            mailbox: mailbox.clone(),
             drops: self.drops.clone(),
         }
         .spawn()?;
         debug!("tunnel {id} opened on port {}", bound.port());
-        self.open.insert(id, OpenTunnel { sock, v6, ctl });
+        self.open.insert(id, OpenTunnel { sock, v6, mailbox });
         Ok(local)
     }
 
