@@ -64,7 +64,7 @@ fn coordinate(
     if let Some(s) = status.as_mut() {
         s.start(now);
     }
-    let mut shell = Shell::new(cfg, identity, drops, (service, relay), wake);
+    let mut shell = Shell::new(cfg, identity, drops, service, relay, wake);
     let mut actions = Vec::new();
     core.start(now, &mut actions);
     shell.perform(&mut core, now, &mut actions);

@@ -5,7 +5,7 @@
 use crate::addr::{self, HostPort};
 use crate::cli::Config;
 use crate::inside::coordinator::Event;
-use crate::inside::coordinator::{Action, Coordinator, Input};
+use crate::inside::coordinator::{Action, Coordinator, Input, Name};
 use crate::inside::identity::Identity;
 use crate::inside::tunnel::{Mailbox, TunnelThread};
 use crate::inside::Wake;
@@ -35,7 +35,9 @@ pub(super) struct Shell {
     cfg: Config,
     identity: Arc<Identity>,
     drops: Arc<Drops>,
-    names: (HostPort, HostPort),
+    /// The names as given, looked up (again) when the coordinator asks.
+    service_name: HostPort,
+    relay_name: HostPort,
     wake: Sender<Wake>,
     open: HashMap<u32, OpenTunnel>,
 }
@@ -45,14 +47,16 @@ impl Shell {
         cfg: Config,
         identity: Arc<Identity>,
         drops: Arc<Drops>,
-        names: (HostPort, HostPort),
+        service_name: HostPort,
+        relay_name: HostPort,
         wake: Sender<Wake>,
     ) -> Shell {
         Shell {
             cfg,
             identity,
             drops,
-            names,
+            service_name,
+            relay_name,
             wake,
             open: HashMap::new(),
         }
@@ -94,7 +98,7 @@ impl Shell {
                         o.mailbox.stop();
                     }
                 }
-                Action::Resolve { relay } => self.resolve(*relay),
+                Action::Resolve(name) => self.resolve(*name),
             }
             i += 1;
         }
@@ -140,11 +144,10 @@ impl Shell {
 
     /// Resolve a name on a helper thread (getaddrinfo blocks), retrying with backoff: a daemon may start
     /// before DNS works.
-    fn resolve(&self, relay: bool) {
-        let name = if relay {
-            self.names.1.clone()
-        } else {
-            self.names.0.clone()
+    fn resolve(&self, which: Name) {
+        let name = match which {
+            Name::Service => self.service_name.clone(),
+            Name::Relay => self.relay_name.clone(),
         };
         let tx = self.wake.clone();
         let spawned = std::thread::Builder::new()
@@ -154,7 +157,7 @@ impl Shell {
                 loop {
                     match net::resolve(&name) {
                         Ok(addr) => {
-                            let _ = tx.send(Wake::Input(Input::Resolved { relay, addr }));
+                            let _ = tx.send(Wake::Input(Input::Resolved { name: which, addr }));
                             return;
                         }
                         Err(e) => {

@@ -12,6 +12,7 @@ mod status;
 mod timers;
 
 pub use pool::Handle;
+use pool::Tell;
 pub use timers::{retry_after, MAX_SLEEP};
 
 use crate::addr;
@@ -76,6 +77,15 @@ pub struct Settings {
     pub relay_name: HostPort,
 }
 
+/// Which of the two names on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Name {
+    /// The service's, `-s`.
+    Service,
+    /// The relay's, `-r`.
+    Relay,
+}
+
 /// What the coordinator asks the socket layer to do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -96,15 +106,15 @@ pub enum Action {
     SetRelay { id: u32, relay: SocketAddr },
     /// Stop tunnel `id`'s thread.
     Stop { id: u32 },
-    /// Look up the relay's (true) or the service's (false) name, and feed back [`Input::Resolved`].
-    Resolve { relay: bool },
+    /// Look up a name, and feed back [`Input::Resolved`].
+    Resolve(Name),
 }
 
 /// What the coordinator is told.
 #[derive(Debug)]
 pub enum Input {
     Resolved {
-        relay: bool,
+        name: Name,
         addr: SocketAddr,
     },
     /// Tunnel `id` is open; the service sees it at `local`.
@@ -168,8 +178,8 @@ impl Coordinator {
 
     /// The first actions: look both names up.
     pub fn start(&mut self, now: Instant, out: &mut Vec<Action>) {
-        out.push(Action::Resolve { relay: false });
-        out.push(Action::Resolve { relay: true });
+        out.push(Action::Resolve(Name::Service));
+        out.push(Action::Resolve(Name::Relay));
         self.resolving_relay = Some(now);
     }
 
@@ -183,13 +193,19 @@ impl Coordinator {
 
     pub fn handle(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) {
         match input {
-            Input::Resolved { relay: false, addr } => {
+            Input::Resolved {
+                name: Name::Service,
+                addr,
+            } => {
                 if self.service != Some(addr) {
                     info!("service {} is {addr}", self.settings.service_name);
                 }
                 self.service = Some(addr);
             }
-            Input::Resolved { relay: true, addr } => self.relay_resolved(now, addr, out),
+            Input::Resolved {
+                name: Name::Relay,
+                addr,
+            } => self.relay_resolved(now, addr, out),
             Input::Opened { id, local } => {
                 if let Some(h) = self.tunnels.get_mut(&id) {
                     h.local = Some(local);
@@ -235,10 +251,10 @@ impl Coordinator {
                 );
                 self.send_keepalives(now, out);
             }
-            Event::Idle => self.close(id, "idle", true, out),
+            Event::Idle => self.close(id, "idle", Tell::Relay, out),
             Event::Failed(e) => {
                 error!("tunnel {id} failed: {e}");
-                self.close(id, "failed", true, out);
+                self.close(id, "failed", Tell::Relay, out);
             }
         }
     }
@@ -262,7 +278,7 @@ impl Coordinator {
                 out.push(Action::SetRelay { id, relay: addr });
                 h.reregister(now);
             } else {
-                self.close(id, "the relay's address family changed", false, out);
+                self.close(id, "the relay's address family changed", Tell::Nobody, out);
             }
         }
     }
@@ -339,7 +355,7 @@ impl Coordinator {
                     self.open_for_waiting(now, usize::from(msg.waiting), out);
                 }
             }
-            Kind::Drop => self.close(id, "dropped by the relay", false, out),
+            Kind::Drop => self.close(id, "dropped by the relay", Tell::Nobody, out),
             _ => debug!("tunnel {id}: ignored {:?} from the relay", msg.kind),
         }
     }
@@ -349,7 +365,7 @@ impl Coordinator {
         info!("{sig}: closing {} tunnels and exiting", self.tunnels.len());
         let ids: Vec<u32> = self.tunnels.keys().copied().collect();
         for id in ids {
-            self.close(id, sig, true, out);
+            self.close(id, sig, Tell::Relay, out);
         }
     }
 }

@@ -56,6 +56,14 @@ impl Handle {
     }
 }
 
+/// Whom closing a tunnel tells: the relay, unless the relay itself asked for it (or can no longer be reached
+/// from the tunnel's socket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Tell {
+    Relay,
+    Nobody,
+}
+
 impl Coordinator {
     pub(super) fn active(&self) -> usize {
         self.tunnels.values().filter(|h| h.active).count()
@@ -142,11 +150,11 @@ impl Coordinator {
 
     /// Close a tunnel; unless the relay asked for it, tell the relay at once so no client is routed into it.
     /// The close is sent twice: a lost one would leave the relay routing into a dead tunnel until it expires.
-    pub(super) fn close(&mut self, id: u32, why: &str, tell_relay: bool, out: &mut Vec<Action>) {
+    pub(super) fn close(&mut self, id: u32, why: &str, tell: Tell, out: &mut Vec<Action>) {
         let Some(h) = self.tunnels.remove(&id) else {
             return;
         };
-        if let (true, Some(relay)) = (tell_relay, self.relay) {
+        if let (Tell::Relay, Some(relay)) = (tell, self.relay) {
             for _ in 0..2 {
                 out.push(Action::Send {
                     id,

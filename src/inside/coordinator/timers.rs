@@ -1,7 +1,7 @@
 //! When the coordinator acts without being told: keepalives and their retries on every tunnel, the tick that
 //! drives them and the spare pool, and the watch on a relay that has gone silent. Another `impl Coordinator`.
 
-use super::{Action, Coordinator};
+use super::{Action, Coordinator, Name};
 use crate::pace;
 use crate::wire::Kind;
 use log::warn;
@@ -89,7 +89,7 @@ impl Coordinator {
                 .is_none_or(|t| now.saturating_duration_since(t) >= limit)
         {
             self.resolving_relay = Some(now);
-            out.push(Action::Resolve { relay: true });
+            out.push(Action::Resolve(Name::Relay));
         }
     }
 }
