@@ -110,7 +110,10 @@ pub fn run(cfg: Config, service: HostPort, relay: HostPort) {
         let _ = match sig {
             Sig::Terminate(name) => signals.send(Wake::Shutdown(name)),
             Sig::Status => signals.send(Wake::Status),
-            Sig::Reload => return warn!("{}", signal::RELOAD_IGNORED),
+            Sig::Reload => {
+                warn!("{}", signal::RELOAD_IGNORED);
+                return;
+            }
         };
     });
     coordinate(cfg, service, relay, tx, rx);

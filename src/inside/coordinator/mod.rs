@@ -285,7 +285,8 @@ impl Coordinator {
 
     fn on_control(&mut self, now: Instant, id: u32, msg: Message, out: &mut Vec<Action>) {
         if msg.instance != self.identity.instance || msg.tunnel != id {
-            return debug!("tunnel {id}: ignored a relay message for another tunnel");
+            debug!("tunnel {id}: ignored a relay message for another tunnel");
+            return;
         }
         self.heard = Some(now);
         self.said.authfail.rearm();
