@@ -5,9 +5,7 @@
 mod sim;
 
 use rut::addr::HostPort;
-use rut::inside::coordinator::Event;
-use rut::inside::coordinator::{Action, Coordinator, Input, Name, Settings, MAX_SLEEP};
-use rut::inside::identity::Identity;
+use rut::inside::{Action, Coordinator, Event, Identity, Input, Name, Settings, MAX_SLEEP};
 use rut::stats::Drops;
 use rut::wire::{Instance, Key, Kind, Message, LEN};
 use sim::*;
@@ -219,7 +217,7 @@ fn a_registered_tunnels_unacknowledged_keepalive_is_retried_within_the_interval_
     assert_eq!(next.map(|t| (t - at[6].0).as_millis()), Some(2000));
     // With the default 25 s: after 1, 2, 4 s, then every 6.25 s.
     let tries: Vec<Duration> = (0..6)
-        .map(|n| rut::inside::coordinator::retry_after(n, Duration::from_secs(25)))
+        .map(|n| rut::inside::retry_after(n, Duration::from_secs(25)))
         .collect();
     assert_eq!(
         tries,
@@ -304,7 +302,7 @@ fn idle_and_failed_tunnels_are_closed_with_two_closes_and_a_stop() {
     let e = std::io::Error::other("boom");
     let a = i.input(Input::Tunnel(
         2,
-        Event::Failed(rut::inside::coordinator::Failure::Receive(e)),
+        Event::Failed(rut::inside::Failure::Receive(e)),
     ));
     assert!(a.contains(&Action::Stop { id: 2 }));
     // A drop from the relay closes without telling it.
@@ -588,9 +586,7 @@ impl World {
                         let ev = if self.rng.chance(800) {
                             Event::Idle
                         } else {
-                            Event::Failed(rut::inside::coordinator::Failure::Receive(
-                                std::io::Error::other("x"),
-                            ))
+                            Event::Failed(rut::inside::Failure::Receive(std::io::Error::other("x")))
                         };
                         let a = self.inside.input(Input::Tunnel(id, ev));
                         self.perform(a)

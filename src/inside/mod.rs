@@ -2,14 +2,19 @@
 //! what it asks (shell.rs) — opening tunnel sockets and their threads (tunnel.rs), sending control messages through
 //! them, looking names up on helper threads. All decisions are the coordinator's.
 
-pub mod coordinator;
-pub mod identity;
+mod coordinator;
+mod identity;
 mod shell;
-pub mod tunnel;
+mod tunnel;
+
+// What lib.rs and tests/ use; the rest of inside/ is private to it.
+pub use coordinator::{
+    retry_after, Action, Coordinator, Event, Failure, Handle, Input, Name, Settings, MAX_SLEEP,
+};
+pub use identity::Identity;
 
 use crate::addr::HostPort;
 use crate::cli::Config;
-use crate::inside::coordinator::{Coordinator, Input, Settings};
 use crate::pace::Every;
 use crate::stats::Drops;
 use crate::sys::logging;
@@ -18,7 +23,6 @@ use crate::sys::signal::{self, Signal as Sig};
 use crate::sys::socket as net;
 use crate::wire::Instance;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
-use identity::Identity;
 use log::{info, warn};
 use shell::Shell;
 use std::sync::Arc;
@@ -26,7 +30,7 @@ use std::time::Instant;
 
 /// Everything that wakes the coordinator, on one channel: tunnel threads' events and resolved names (inputs of
 /// the state machine), and signals.
-pub enum Wake {
+enum Wake {
     Input(Input),
     Shutdown(&'static str),
     /// SIGUSR1: log the status line and the tunnel table.

@@ -6,6 +6,7 @@
 //! One `Coordinator`, its `impl` over several files: here what it is told and how it answers the relay;
 //! `pool.rs` its tunnels, the spare pool, opening and closing; `timers.rs` keepalives, retries and the relay
 //! watch; `status.rs` the status line and tunnel table.
+#![forbid(unsafe_code)]
 
 mod pool;
 mod status;
@@ -16,7 +17,7 @@ use pool::Tell;
 pub use timers::{retry_after, MAX_SLEEP};
 
 use crate::addr;
-use crate::cli::HostPort;
+use crate::addr::HostPort;
 use crate::inside::identity::Identity;
 use crate::pace::Once;
 use crate::stats::Drops;
@@ -185,10 +186,6 @@ impl Coordinator {
 
     pub fn tunnels(&self) -> &BTreeMap<u32, Handle> {
         &self.tunnels
-    }
-
-    pub fn relay(&self) -> Option<SocketAddr> {
-        self.relay
     }
 
     pub fn handle(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) {

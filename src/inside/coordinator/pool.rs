@@ -1,5 +1,6 @@
 //! The coordinator's tunnels: what it knows of each ([`Handle`]), how many spares it keeps, and how it opens and
 //! closes one. Another `impl Coordinator`.
+#![forbid(unsafe_code)]
 
 use super::{Action, Coordinator};
 use crate::addr;

@@ -1,5 +1,6 @@
 //! What the coordinator says about itself: the status line and, for SIGUSR1, the tunnel table. Another
 //! `impl Coordinator`.
+#![forbid(unsafe_code)]
 
 use super::Coordinator;
 use crate::addr;

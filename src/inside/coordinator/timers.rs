@@ -1,5 +1,6 @@
 //! When the coordinator acts without being told: keepalives and their retries on every tunnel, the tick that
 //! drives them and the spare pool, and the watch on a relay that has gone silent. Another `impl Coordinator`.
+#![forbid(unsafe_code)]
 
 use super::{Action, Coordinator, Name};
 use crate::pace;
