@@ -1,4 +1,4 @@
-//! The inside agent's socket layer: the coordinator thread runs the state machine in coordinator.rs and performs
+//! The inside agent's socket layer: the coordinator thread runs the state machine in coordinator/ and performs
 //! what it asks (shell.rs) — opening tunnel sockets and their threads (tunnel.rs), sending control messages through
 //! them, looking names up on helper threads. All decisions are the coordinator's.
 

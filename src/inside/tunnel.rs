@@ -1,7 +1,7 @@
 //! One inside tunnel: one UDP socket, one thread, the whole inside data path.
 //!
 //! The same socket talks to the relay (through the NAT hole its keepalives keep open) and to the service (which
-//! so sees one distinct peer per client). A receive takes every datagram already queued (batch.rs) and their
+//! so sees one distinct peer per client). A receive takes every datagram already queued (sys/batch) and their
 //! forwards leave together, in order; control messages from the relay go to the coordinator, which owns all
 //! decisions.
 
