@@ -5,9 +5,7 @@
 mod sim;
 
 use rut::addr::HostPort;
-use rut::inside::coordinator::Event;
-use rut::inside::coordinator::{Action, Coordinator, Input, Settings, MAX_SLEEP};
-use rut::inside::identity::Identity;
+use rut::inside::{Action, Coordinator, Event, Identity, Input, Name, Settings, MAX_SLEEP};
 use rut::stats::Drops;
 use rut::wire::{Instance, Key, Kind, Message, LEN};
 use sim::*;
@@ -67,11 +65,11 @@ impl Inside {
 
     fn resolved(&mut self) -> Vec<Action> {
         let mut a = self.input(Input::Resolved {
-            relay: false,
+            name: Name::Service,
             addr: SERVICE.parse().unwrap(),
         });
         a.extend(self.input(Input::Resolved {
-            relay: true,
+            name: Name::Relay,
             addr: RELAY.parse().unwrap(),
         }));
         a.extend(self.tick());
@@ -123,10 +121,7 @@ fn it_resolves_both_names_then_opens_the_spare_pool_each_with_a_keepalive() {
     i.core.start(i.now, &mut first);
     assert_eq!(
         first,
-        vec![
-            Action::Resolve { relay: false },
-            Action::Resolve { relay: true }
-        ]
+        vec![Action::Resolve(Name::Service), Action::Resolve(Name::Relay)]
     );
     assert!(
         i.tick().is_empty(),
@@ -222,7 +217,7 @@ fn a_registered_tunnels_unacknowledged_keepalive_is_retried_within_the_interval_
     assert_eq!(next.map(|t| (t - at[6].0).as_millis()), Some(2000));
     // With the default 25 s: after 1, 2, 4 s, then every 6.25 s.
     let tries: Vec<Duration> = (0..6)
-        .map(|n| rut::inside::coordinator::retry_after(n, Duration::from_secs(25)))
+        .map(|n| rut::inside::retry_after(n, Duration::from_secs(25)))
         .collect();
     assert_eq!(
         tries,
@@ -307,7 +302,7 @@ fn idle_and_failed_tunnels_are_closed_with_two_closes_and_a_stop() {
     let e = std::io::Error::other("boom");
     let a = i.input(Input::Tunnel(
         2,
-        Event::Failed(rut::inside::coordinator::Failure::Receive(e)),
+        Event::Failed(rut::inside::Failure::Receive(e)),
     ));
     assert!(a.contains(&Action::Stop { id: 2 }));
     // A drop from the relay closes without telling it.
@@ -339,7 +334,7 @@ fn a_relay_that_moves_gets_every_tunnel_at_its_new_address() {
     i.resolved();
     let new: SocketAddr = "203.0.113.2:1234".parse().unwrap();
     let a = i.input(Input::Resolved {
-        relay: true,
+        name: Name::Relay,
         addr: new,
     });
     assert!(a.contains(&Action::SetRelay { id: 1, relay: new }));
@@ -350,7 +345,7 @@ fn a_relay_that_moves_gets_every_tunnel_at_its_new_address() {
     // An IPv6 relay cannot be reached from IPv4-only sockets: those tunnels close and new ones open.
     let v6: SocketAddr = "[2001:db8::1]:1234".parse().unwrap();
     let a = i.input(Input::Resolved {
-        relay: true,
+        name: Name::Relay,
         addr: v6,
     });
     assert!(a.contains(&Action::Stop { id: 1 }));
@@ -363,10 +358,10 @@ fn a_silent_relay_is_warned_about_and_its_name_looked_up_again() {
     i.resolved();
     i.now += Duration::from_secs(12);
     let a = i.tick();
-    assert!(a.contains(&Action::Resolve { relay: true }));
+    assert!(a.contains(&Action::Resolve(Name::Relay)));
     i.now += Duration::from_secs(1);
     assert!(
-        !i.tick().contains(&Action::Resolve { relay: true }),
+        !i.tick().contains(&Action::Resolve(Name::Relay)),
         "one lookup at a time"
     );
 }
@@ -591,9 +586,7 @@ impl World {
                         let ev = if self.rng.chance(800) {
                             Event::Idle
                         } else {
-                            Event::Failed(rut::inside::coordinator::Failure::Receive(
-                                std::io::Error::other("x"),
-                            ))
+                            Event::Failed(rut::inside::Failure::Receive(std::io::Error::other("x")))
                         };
                         let a = self.inside.input(Input::Tunnel(id, ev));
                         self.perform(a)
@@ -623,7 +616,7 @@ impl World {
                     Ok(())
                 } else {
                     let a = self.inside.input(Input::Resolved {
-                        relay: true,
+                        name: Name::Relay,
                         addr: RELAY.parse().unwrap(),
                     });
                     self.perform(a)

@@ -296,7 +296,7 @@ fn acks_say_the_client_and_a_forged_claim_binds_nothing() {
     let mut r = restart(&r, 4, 2, false);
     // Someone with the wrong key claims tunnel 1 carries another client: not even challenged.
     let mut liar = SimInside::new(1);
-    liar.identity = std::sync::Arc::new(rut::inside::identity::Identity::new(
+    liar.identity = std::sync::Arc::new(rut::inside::Identity::new(
         b"wrong key",
         inside.instance(),
         Default::default(),

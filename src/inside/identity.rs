@@ -1,4 +1,5 @@
 //! Who one run of the inside agent is, and the one counter that keeps all its messages fresh.
+#![forbid(unsafe_code)]
 
 use crate::wire::{Claim, Instance, Key, Kind, Message, Shared, LEN};
 

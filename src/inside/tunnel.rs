@@ -1,7 +1,7 @@
 //! One inside tunnel: one UDP socket, one thread, the whole inside data path.
 //!
 //! The same socket talks to the relay (through the NAT hole its keepalives keep open) and to the service (which
-//! so sees one distinct peer per client). A receive takes every datagram already queued (batch.rs) and their
+//! so sees one distinct peer per client). A receive takes every datagram already queued (sys/batch) and their
 //! forwards leave together, in order; control messages from the relay go to the coordinator, which owns all
 //! decisions.
 
@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 /// What the coordinator tells a tunnel thread: only ever "stop" or "the relay's address is now X", where the
 /// latest value wins, so a flag and a slot rather than a queue. The tunnel checks one atomic per datagram.
 #[derive(Default)]
-pub struct Control {
+pub struct Mailbox {
     stop: AtomicBool,
     relay_changed: AtomicBool,
     relay: Mutex<Option<SocketAddr>>,
 }
 
-impl Control {
+impl Mailbox {
     pub fn set_relay(&self, addr: SocketAddr) {
         *self.relay.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
         self.relay_changed.store(true, Release);
@@ -59,7 +59,8 @@ const STACK: usize = 128 * 1024;
 /// cost of one 84-byte datagram a second on a busy tunnel.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-pub struct Tunnel {
+/// One tunnel's thread and everything it owns; `spawn` moves it onto the thread.
+pub struct TunnelThread {
     pub id: u32,
     /// Shared with the coordinator, which sends this tunnel's keepalives through it (one descriptor, not two).
     pub sock: Arc<UdpSocket>,
@@ -71,11 +72,11 @@ pub struct Tunnel {
     pub idle_timeout: Duration,
     /// Tells the coordinator what happened on this tunnel.
     pub report: Box<dyn Fn(Event) + Send>,
-    pub ctl: Arc<Control>,
+    pub mailbox: Arc<Mailbox>,
     pub drops: Arc<Drops>,
 }
 
-impl Tunnel {
+impl TunnelThread {
     pub fn spawn(self) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name(format!("tunnel-{}", self.id))
@@ -99,13 +100,13 @@ impl Tunnel {
         let mut last_probe = last_traffic;
         let mut scratch = Vec::new();
         loop {
-            if self.ctl.stopped() {
+            if self.mailbox.stopped() {
                 return;
             }
             match batch.recv(&self.sock) {
                 // After the receive: the datagram that woke us may come from a relay address set meanwhile.
                 Ok(_) => {
-                    if let Some(addr) = self.ctl.new_relay() {
+                    if let Some(addr) = self.mailbox.new_relay() {
                         self.relay = addr;
                     }
                 }

@@ -2,7 +2,7 @@
 //! challenges as the real one does, clients, and a seeded random generator. No sockets, no sleeps.
 #![allow(dead_code)] // each test binary uses its own part
 
-use rut::inside::identity::Identity;
+use rut::inside::Identity;
 use rut::relay::{Relay, Settings, Transmit};
 use rut::wire::{Claim, Instance, Key, Kind, Message, Shared, LEN};
 use std::net::SocketAddr;
