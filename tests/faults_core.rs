@@ -6,7 +6,7 @@ mod sim;
 
 use rut::relay::remembered::REMEMBER_FOR;
 use rut::relay::table::Route;
-use rut::relay::RECOVERY;
+use rut::relay::{Admission, RECOVERY};
 use rut::wire::wireguard;
 use rut::wire::{Key, Kind};
 use sim::*;
@@ -41,7 +41,7 @@ fn relay(n: usize, keepalive: u64, wg: bool, secret: u8) -> SimRelay {
     if wg {
         let pk: wireguard::PublicKey = SERVER_KEY.parse().unwrap();
         let core = std::mem::replace(&mut r.relay, SimRelay::new(n, keepalive, secret).relay);
-        r.relay = core.with_wireguard(wireguard::Admission::new(&pk, [secret; 32], r.now));
+        r.relay = core.with_wireguard(Admission::new(&pk, [secret; 32], r.now));
     }
     r
 }

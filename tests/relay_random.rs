@@ -9,7 +9,7 @@
 mod sim;
 
 use rut::relay::table::{Route, TunnelKey};
-use rut::relay::Transmit;
+use rut::relay::{Admission, Transmit};
 use rut::wire::wireguard;
 use rut::wire::{self, Instance, Key, Kind, Message, Shared, LEN};
 use sim::*;
@@ -118,7 +118,7 @@ impl World {
         if wg {
             let pk: wireguard::PublicKey = SERVER_KEY.parse().unwrap();
             let core = std::mem::replace(&mut relay.relay, SimRelay::new(1, 1, 0).relay);
-            relay.relay = core.with_wireguard(wireguard::Admission::new(&pk, [7; 32], relay.now));
+            relay.relay = core.with_wireguard(Admission::new(&pk, [7; 32], relay.now));
         }
         let inside = inside_agent(&mut rng, 1);
         let instances = HashSet::from([inside.instance()]);

@@ -4,6 +4,7 @@
 //! The data path is [`Relay::on_datagram`] returning `Some(address)`: forward the datagram, unchanged, there.
 //! Everything else (control replies, held datagrams released to a new tunnel) is pushed to `out`.
 
+pub mod admission;
 pub mod cookies;
 pub mod remembered;
 pub mod socket;
@@ -15,8 +16,8 @@ use crate::pace::{Every, Once};
 use crate::relay::strangers::Strangers;
 use crate::relay::table::{Restored, Route, Table};
 use crate::stats::Drops;
-use crate::wire::wireguard::{Admission, Reason, Verdict};
 use crate::wire::{self as protocol, Instance, Key, Kind, Message, Shared};
+pub use admission::{Admission, CookieReply, Reason, Verdict};
 use cookies::{Cookies, COOKIE_LIFETIME};
 use log::{debug, info, warn};
 use std::collections::VecDeque;

@@ -4,13 +4,13 @@
 
 use crate::cli::Config;
 use crate::pace::Every;
+use crate::relay::Admission;
 use crate::relay::{Relay, Settings, Transmit};
 use crate::sys::batch::{Batch, Shape};
 use crate::sys::logging;
 use crate::sys::random::random_bytes;
 use crate::sys::signal::{self, Signal};
 use crate::sys::socket as net;
-use crate::wire::wireguard::Admission;
 use log::{debug, info, warn};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
