@@ -14,7 +14,7 @@ pub mod table;
 use crate::addr;
 use crate::pace::{Every, Once};
 use crate::relay::strangers::Strangers;
-use crate::relay::table::{Restored, Route, Table};
+use crate::relay::table::{Restored, Route, Slot, Table, TunnelKey};
 use crate::stats::Drops;
 use crate::wire::{self as protocol, Instance, Key, Kind, Message, Shared};
 pub use admission::{Admission, CookieReply, Reason, Verdict};
@@ -331,14 +331,14 @@ impl Relay {
                 "all {} tunnels in use: handing tunnels whose client never got an answer to new clients \
                  (first: tunnel {} from {} to {}); counted as reclaimed",
                 self.limit(),
-                tun.key.1,
+                tun.key.id,
                 addr::shown(old),
                 addr::shown(src)
             );
         }
         debug!(
             "tunnel {} reclaimed from {} for {}",
-            tun.key.1,
+            tun.key.id,
             addr::shown(old),
             addr::shown(src)
         );
@@ -346,13 +346,13 @@ impl Relay {
     }
 
     /// Give tunnel `t` to `client`; the tunnel's address, where the client's datagrams now go.
-    fn assign(&mut self, now: Instant, client: SocketAddr, t: usize) -> Option<SocketAddr> {
+    fn assign(&mut self, now: Instant, client: SocketAddr, t: Slot) -> Option<SocketAddr> {
         self.table.assign(client, t, now);
         let tun = self.table.get(t)?;
         info!(
             "client {} -> tunnel {} at {} ({} active)",
             addr::shown(client),
-            tun.key.1,
+            tun.key.id,
             addr::shown(tun.addr),
             self.table.active()
         );
@@ -376,18 +376,20 @@ impl Relay {
                 return;
             }
             Err(e) => {
-                return debug!(
+                debug!(
                     "ignored control-shaped datagram from {}: {e}",
                     addr::shown(src)
-                )
+                );
+                return;
             }
         };
         if self.retired.contains(&msg.instance) {
-            return debug!(
+            debug!(
                 "ignored message of replaced inside run {} from {}",
                 msg.instance,
                 addr::shown(src)
             );
+            return;
         }
         match msg.kind {
             Kind::Keepalive => self.on_keepalive(now, src, &msg, out),
@@ -488,17 +490,18 @@ impl Relay {
         msg: &Message,
         out: &mut Vec<Transmit>,
     ) {
-        let found = self.table.find(&(msg.instance, msg.tunnel));
+        let found = self.table.find(&TunnelKey::of(msg));
         let Some((t, tun)) = found.and_then(|t| Some((t, self.table.get(t)?))) else {
             // Unknown tunnel: challenge it, and remember nothing until the answer proves it.
             return self.challenge(now, src, msg, out);
         };
         if msg.counter <= tun.counter {
-            return debug!(
+            debug!(
                 "stale or repeated keepalive of tunnel {} from {}",
                 msg.tunnel,
                 addr::shown(src)
             );
+            return;
         }
         if tun.addr == src {
             self.note_settings(now, msg);
@@ -527,15 +530,16 @@ impl Relay {
         out: &mut Vec<Transmit>,
     ) {
         if !self.cookies.check(now, src, msg) {
-            return debug!(
+            debug!(
                 "response with a stale or foreign cookie from {}",
                 addr::shown(src)
             );
+            return;
         }
         // The key works again (or at last): a later mismatch is news worth a line.
         self.said.badauth.rearm();
         self.adopt_instance(msg.instance, src);
-        let found = self.table.find(&(msg.instance, msg.tunnel));
+        let found = self.table.find(&TunnelKey::of(msg));
         match found.and_then(|t| Some((t, self.table.get(t)?))) {
             Some((t, tun)) => {
                 if msg.counter <= tun.counter {
@@ -586,13 +590,14 @@ impl Relay {
     /// so the client's datagrams take the same tunnel and the service sees the same source; unless the client
     /// meanwhile has another tunnel, the inside says no client, or it would exceed -n: then drop it.
     fn restore(&mut self, now: Instant, src: SocketAddr, msg: &Message, out: &mut Vec<Transmit>) {
-        let key = (msg.instance, msg.tunnel);
+        let key = TunnelKey::of(msg);
         if !self.table.may_register(&key, msg.counter) {
-            return debug!(
+            debug!(
                 "replayed response of removed or refused tunnel {} from {}: ignored",
                 msg.tunnel,
                 addr::shown(src)
             );
+            return;
         }
         self.note_settings(now, msg);
         // The client as this socket reports it (IPv4-mapped on a dual-stack socket, as the tunnel's own source).
@@ -703,30 +708,28 @@ impl Relay {
         msg: &Message,
         out: &mut Vec<Transmit>,
     ) {
-        if !self
-            .table
-            .may_register(&(msg.instance, msg.tunnel), msg.counter)
-        {
-            return debug!(
+        if !self.table.may_register(&TunnelKey::of(msg), msg.counter) {
+            debug!(
                 "replayed response of removed or refused tunnel {} from {}: ignored",
                 msg.tunnel,
                 addr::shown(src)
             );
+            return;
         }
         if self.table.spares() >= self.settings.max_tunnels {
-            self.table
-                .refuse((msg.instance, msg.tunnel), msg.counter, now);
-            return debug!(
+            self.table.refuse(TunnelKey::of(msg), msg.counter, now);
+            debug!(
                 "spare tunnel {} refused: already {} spares",
                 msg.tunnel,
                 self.table.spares()
             );
+            return;
         }
         self.note_settings(now, msg);
         let keepalive = self.keepalive_of(&msg.shared);
         let (t, displaced) =
             self.table
-                .register((msg.instance, msg.tunnel), src, msg.counter, keepalive, now);
+                .register(TunnelKey::of(msg), src, msg.counter, keepalive, now);
         self.table.set_local(t, msg.local);
         if let Some(x) = displaced {
             self.drop_tunnel(now, x, DISPLACED, out);
@@ -747,7 +750,7 @@ impl Relay {
     /// Accept a keepalive or response. The ack also says how many new clients still wait for a spare, so
     /// the inside agent opens that many at once instead of one behind each spare taken.
     /// It also says whom the tunnel carries, so that the inside agent can say it back to a relay that lost it.
-    fn ack(&self, to: SocketAddr, msg: &Message, t: usize, out: &mut Vec<Transmit>) {
+    fn ack(&self, to: SocketAddr, msg: &Message, t: Slot, out: &mut Vec<Transmit>) {
         let mut ack = msg.reply(Kind::Ack);
         let tun = self.table.get(t);
         ack.client = tun.and_then(|tun| tun.client);
@@ -759,7 +762,7 @@ impl Relay {
 
     /// Move tunnel `t` to `src`, which it proved it receives at. False if the tunnel is gone as a result (its
     /// new address was its own client's: a loop, so it is dropped).
-    fn roam(&mut self, now: Instant, t: usize, src: SocketAddr, out: &mut Vec<Transmit>) -> bool {
+    fn roam(&mut self, now: Instant, t: Slot, src: SocketAddr, out: &mut Vec<Transmit>) -> bool {
         let Some(from) = self.table.get(t).map(|tun| tun.addr) else {
             return false;
         };
@@ -775,7 +778,7 @@ impl Relay {
         };
         info!(
             "tunnel {} moved from {} to {}",
-            tun.key.1,
+            tun.key.id,
             addr::shown(from),
             addr::shown(src)
         );
@@ -790,19 +793,19 @@ impl Relay {
     }
 
     /// Forget a tunnel and tell the inside agent to close it.
-    fn drop_tunnel(&mut self, now: Instant, t: usize, why: &str, out: &mut Vec<Transmit>) {
+    fn drop_tunnel(&mut self, now: Instant, t: Slot, why: &str, out: &mut Vec<Transmit>) {
         let Some(tun) = self.table.close(t, now) else {
             return;
         };
-        info!("tunnel {} dropped: {why}", tun.key.1);
-        let mut m = Message::new(Kind::Drop, tun.key.0, tun.key.1, tun.counter);
+        info!("tunnel {} dropped: {why}", tun.key.id);
+        let mut m = Message::new(Kind::Drop, tun.key.run, tun.key.id, tun.counter);
         m.active = tun.client.is_some();
         self.reply(tun.addr, &m, out);
     }
 
     fn on_close(&mut self, now: Instant, msg: &Message) {
         // A close needs no challenge: a fresh counter proves it is no replay, and a close routes nothing anywhere.
-        let Some(t) = self.table.find(&(msg.instance, msg.tunnel)) else {
+        let Some(t) = self.table.find(&TunnelKey::of(msg)) else {
             return;
         };
         if self
@@ -837,7 +840,7 @@ impl Relay {
                 .unwrap_or_default();
             info!(
                 "tunnel {} sent no keepalive for {}s: forgotten{who}",
-                tun.key.1,
+                tun.key.id,
                 2 * tun.keepalive.as_secs()
             );
         }
@@ -870,9 +873,8 @@ impl Relay {
 
     /// The tunnel table, a line per tunnel (for SIGUSR1).
     pub fn table_lines(&self, now: Instant) -> Vec<String> {
-        let t = &self.table;
-        (0..t.slots())
-            .filter_map(|i| t.get(i))
+        self.table
+            .tunnels()
             .map(|tun| {
                 let client = tun.client.map_or("spare".to_string(), |c| {
                     format!("client {}", addr::shown(c))
@@ -884,8 +886,8 @@ impl Relay {
                 };
                 format!(
                     "tunnel {} of run {} at {}: {client}{local}, last keepalive {}s ago",
-                    tun.key.1,
-                    tun.key.0,
+                    tun.key.id,
+                    tun.key.run,
                     addr::shown(tun.addr),
                     now.saturating_duration_since(tun.last_keepalive).as_secs()
                 )

@@ -2,16 +2,44 @@
 //! (spares, waiting clients, roaming) changes only on control messages and new clients.
 
 use crate::relay::remembered::Remembered;
-use crate::wire::Instance;
+use crate::wire::{Instance, Message};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// A tunnel is named by the inside agent's run and its number within that run.
-pub type TunnelKey = (Instance, u32);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TunnelKey {
+    pub run: Instance,
+    pub id: u32,
+}
 
-pub struct Tunnel {
+impl TunnelKey {
+    /// The tunnel a control message is about.
+    pub fn of(msg: &Message) -> TunnelKey {
+        TunnelKey {
+            run: msg.instance,
+            id: msg.tunnel,
+        }
+    }
+}
+
+/// Where a tunnel sits in the table, while it is live: the index the table hands out and takes back. A slot
+/// of a removed tunnel is reused, so a slot held across a removal may name another tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot(usize);
+
+/// The index, as the table's own checks name a tunnel.
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The relay's record of one tunnel; named apart from the inside agent's tunnel thread, which is another thing.
+pub struct RelayTunnel {
     pub key: TunnelKey,
     /// The inside tunnel socket's public address, as the relay sees it (after every NAT).
     pub addr: SocketAddr,
@@ -35,9 +63,9 @@ pub struct Tunnel {
 
 /// A tunnel restored with its client ([`Table::restore`]).
 pub struct Restored {
-    pub tunnel: usize,
+    pub tunnel: Slot,
     /// A tunnel displaced from the restored one's address: the caller drops it.
-    pub displaced: Option<usize>,
+    pub displaced: Option<Slot>,
     /// The client's datagrams held while it waited: they go into the tunnel, in order.
     pub held: Vec<Vec<u8>>,
 }
@@ -45,8 +73,8 @@ pub struct Restored {
 /// What the source address of a datagram is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Peer {
-    Tunnel(usize),
-    Client(usize),
+    Tunnel(Slot),
+    Client(Slot),
     /// Its datagrams are held: a new client waiting for a spare, or a tunnel's possible new address.
     Held,
 }
@@ -57,8 +85,8 @@ pub enum Route {
     /// A client's datagram: to its tunnel's address.
     To(SocketAddr),
     /// A datagram of the service to the client of tunnel `.1`, whose address is `.0`: it proves the tunnel (see
-    /// [`Tunnel::answered`]).
-    Answer(SocketAddr, usize),
+    /// [`RelayTunnel::answered`]).
+    Answer(SocketAddr, Slot),
     Hold,
     /// From a tunnel that has no client (yet).
     Unrouted,
@@ -84,10 +112,10 @@ pub const HOLD_ADDRS: usize = 4096;
 #[derive(Default)]
 pub struct Table {
     peers: HashMap<SocketAddr, Peer>,
-    slots: Vec<Option<Tunnel>>,
-    free: Vec<usize>,
-    by_key: HashMap<TunnelKey, usize>,
-    spares: VecDeque<usize>,
+    slots: Vec<Option<RelayTunnel>>,
+    free: Vec<Slot>,
+    by_key: HashMap<TunnelKey, Slot>,
+    spares: VecDeque<Slot>,
     /// New clients in arrival order: the first gets the next spare.
     waiting: VecDeque<SocketAddr>,
     held: HashMap<SocketAddr, Held>,
@@ -100,7 +128,7 @@ pub struct Table {
     gone: HashMap<TunnelKey, Gone>,
     /// Tunnels with a client and no answer yet, oldest first, with the time they were given it (stale entries
     /// are skipped lazily).
-    unproven: VecDeque<(usize, Instant)>,
+    unproven: VecDeque<(Slot, Instant)>,
     /// Clients that proved themselves and lost their tunnel (see remembered.rs).
     remembered: Remembered,
 }
@@ -126,7 +154,7 @@ impl Table {
                 None => Route::Unrouted,
             },
             Some(Peer::Tunnel(t)) => match self.get(*t) {
-                Some(Tunnel {
+                Some(RelayTunnel {
                     client: Some(c), ..
                 }) => Route::Answer(*c, *t),
                 _ => Route::Unrouted,
@@ -136,21 +164,21 @@ impl Table {
         }
     }
 
-    /// Tunnel indexes are below this (for walking the table: `(0..slots()).filter_map(|t| get(t))`).
-    pub fn slots(&self) -> usize {
-        self.slots.len()
+    /// Every live tunnel, in slot order.
+    pub fn tunnels(&self) -> impl Iterator<Item = &RelayTunnel> {
+        self.slots.iter().flatten()
     }
 
-    /// The tunnel at index `t`, if it is live.
-    pub fn get(&self, t: usize) -> Option<&Tunnel> {
-        self.slots.get(t)?.as_ref()
+    /// The tunnel at slot `t`, if it is live.
+    pub fn get(&self, t: Slot) -> Option<&RelayTunnel> {
+        self.slots.get(t.0)?.as_ref()
     }
 
-    fn get_mut(&mut self, t: usize) -> Option<&mut Tunnel> {
-        self.slots.get_mut(t)?.as_mut()
+    fn get_mut(&mut self, t: Slot) -> Option<&mut RelayTunnel> {
+        self.slots.get_mut(t.0)?.as_mut()
     }
 
-    pub fn find(&self, key: &TunnelKey) -> Option<usize> {
+    pub fn find(&self, key: &TunnelKey) -> Option<Slot> {
         self.by_key.get(key).copied()
     }
 
@@ -170,7 +198,7 @@ impl Table {
     /// caller must drop: the tunnel a client at `addr` had been given (a tunnel whose NAT mapping changed and
     /// whose data arrived before its keepalive), or another tunnel that was at `addr` (a NAT handed a dead
     /// mapping's port to a new socket). Either is left without its address or client, so it is routed nowhere.
-    fn claim(&mut self, addr: SocketAddr) -> Option<usize> {
+    fn claim(&mut self, addr: SocketAddr) -> Option<Slot> {
         match self.peers.remove(&addr) {
             Some(Peer::Client(x)) => {
                 let tun = self.get_mut(x)?;
@@ -195,9 +223,9 @@ impl Table {
         counter: u64,
         keepalive: Duration,
         now: Instant,
-    ) -> (usize, Option<usize>) {
+    ) -> (Slot, Option<Slot>) {
         let displaced = self.claim(addr);
-        let tunnel = Tunnel {
+        let tunnel = RelayTunnel {
             key,
             addr,
             client: None,
@@ -211,12 +239,12 @@ impl Table {
         };
         let t = match self.free.pop() {
             Some(t) => {
-                self.slots[t] = Some(tunnel);
+                self.slots[t.0] = Some(tunnel);
                 t
             }
             None => {
                 self.slots.push(Some(tunnel));
-                self.slots.len() - 1
+                Slot(self.slots.len() - 1)
             }
         };
         self.by_key.insert(key, t);
@@ -225,7 +253,7 @@ impl Table {
         (t, displaced)
     }
 
-    pub fn refresh(&mut self, t: usize, counter: u64, keepalive: Duration, now: Instant) {
+    pub fn refresh(&mut self, t: Slot, counter: u64, keepalive: Duration, now: Instant) {
         if let Some(tun) = self.get_mut(t) {
             tun.counter = counter;
             tun.last_keepalive = now;
@@ -235,7 +263,7 @@ impl Table {
 
     /// The service answered through tunnel `t`.
     #[inline]
-    pub fn answered(&mut self, t: usize, now: Instant) {
+    pub fn answered(&mut self, t: Slot, now: Instant) {
         if let Some(tun) = self.get_mut(t) {
             tun.answered = true;
             tun.last_answer = now;
@@ -243,7 +271,7 @@ impl Table {
     }
 
     /// The inside agent says the service sees tunnel `t` at `local`.
-    pub fn set_local(&mut self, t: usize, local: Option<SocketAddr>) {
+    pub fn set_local(&mut self, t: Slot, local: Option<SocketAddr>) {
         if let (Some(tun), Some(l)) = (self.get_mut(t), local) {
             tun.local = Some(l);
         }
@@ -298,7 +326,7 @@ impl Table {
     }
 
     /// The unproven tunnel that has carried its client longest, if that is at least `min_age`.
-    pub fn oldest_unproven(&mut self, now: Instant, min_age: Duration) -> Option<usize> {
+    pub fn oldest_unproven(&mut self, now: Instant, min_age: Duration) -> Option<Slot> {
         while let Some(&(t, since)) = self.unproven.front() {
             let live = self
                 .get(t)
@@ -312,7 +340,7 @@ impl Table {
     }
 
     /// Hand unproven tunnel `t` to `client`; returns the client it had.
-    pub fn reassign(&mut self, t: usize, client: SocketAddr, now: Instant) -> Option<SocketAddr> {
+    pub fn reassign(&mut self, t: Slot, client: SocketAddr, now: Instant) -> Option<SocketAddr> {
         let tun = self.get_mut(t)?;
         let old = tun.client.replace(client)?;
         tun.since = now;
@@ -326,19 +354,19 @@ impl Table {
     /// Queue `t` as unproven since `now` (oldest first). Entries that went stale (proven, reassigned, gone) are
     /// skipped when they reach the front, and the queue is compacted so it never holds more than about twice
     /// the tunnels.
-    fn note_unproven(&mut self, t: usize, now: Instant) {
+    fn note_unproven(&mut self, t: Slot, now: Instant) {
         self.unproven.push_back((t, now));
         if self.unproven.len() > 2 * self.slots.len() + 16 {
             let slots = &self.slots;
             self.unproven.retain(|&(t, since)| {
-                matches!(slots.get(t), Some(Some(tun)) if tun.client.is_some() && !tun.answered && tun.since == since)
+                matches!(slots.get(t.0), Some(Some(tun)) if tun.client.is_some() && !tun.answered && tun.since == since)
             });
         }
     }
 
     /// A known tunnel proved it is now at `addr`. Returns the tunnel displaced from `addr`, if any, and the
     /// datagrams that arrived from `addr` while it was being challenged.
-    pub fn move_to(&mut self, t: usize, addr: SocketAddr) -> (Option<usize>, Vec<Vec<u8>>) {
+    pub fn move_to(&mut self, t: Slot, addr: SocketAddr) -> (Option<Slot>, Vec<Vec<u8>>) {
         let held = self
             .take_held(&addr)
             .map(|h| h.datagrams)
@@ -378,7 +406,7 @@ impl Table {
 
     /// Remove a tunnel that is dead for certain (closed by the inside agent, or dropped by the relay), and
     /// remember it so that a replay cannot bring it back.
-    pub fn close(&mut self, t: usize, now: Instant) -> Option<Tunnel> {
+    pub fn close(&mut self, t: Slot, now: Instant) -> Option<RelayTunnel> {
         let tun = self.remove(t)?;
         let gone = Gone {
             at: now,
@@ -420,11 +448,11 @@ impl Table {
         self.held.get(addr).is_some_and(|h| !h.roam)
     }
 
-    pub fn take_spare(&mut self) -> Option<usize> {
+    pub fn take_spare(&mut self) -> Option<Slot> {
         self.spares.pop_front()
     }
 
-    pub fn assign(&mut self, client: SocketAddr, t: usize, now: Instant) {
+    pub fn assign(&mut self, client: SocketAddr, t: Slot, now: Instant) {
         if let Some(tun) = self.get_mut(t) {
             tun.client = Some(client);
             tun.since = now;
@@ -437,8 +465,8 @@ impl Table {
     }
 
     /// Remove tunnel `t`; a client it carried that the service answered is remembered as proven.
-    pub fn remove(&mut self, t: usize) -> Option<Tunnel> {
-        let tun = self.slots.get_mut(t)?.take()?;
+    pub fn remove(&mut self, t: Slot) -> Option<RelayTunnel> {
+        let tun = self.slots.get_mut(t.0)?.take()?;
         self.free.push(t);
         self.by_key.remove(&tun.key);
         if self.peers.get(&tun.addr) == Some(&Peer::Tunnel(t)) {
@@ -457,11 +485,11 @@ impl Table {
     }
 
     /// Every tunnel of a run of the inside agent, e.g. one that has been replaced by a restart.
-    pub fn remove_instance(&mut self, instance: Instance) -> Vec<Tunnel> {
-        let mut ts: Vec<usize> = self
+    pub fn remove_instance(&mut self, instance: Instance) -> Vec<RelayTunnel> {
+        let mut ts: Vec<Slot> = self
             .by_key
             .iter()
-            .filter(|(k, _)| k.0 == instance)
+            .filter(|(k, _)| k.run == instance)
             .map(|(_, &t)| t)
             .collect();
         // In slot order, not the map's (randomly seeded) order: the free list, and so which slot the next
@@ -471,11 +499,12 @@ impl Table {
     }
 
     /// Tunnels with no keepalive within twice their interval, remembered with their last counter.
-    pub fn expire(&mut self, now: Instant) -> Vec<Tunnel> {
-        let old: Vec<usize> = (0..self.slots.len())
+    pub fn expire(&mut self, now: Instant) -> Vec<RelayTunnel> {
+        let old: Vec<Slot> = (0..self.slots.len())
             .filter(|&t| matches!(&self.slots[t], Some(tun) if now.saturating_duration_since(tun.last_keepalive) > 2 * tun.keepalive))
+            .map(Slot)
             .collect();
-        let gone: Vec<Tunnel> = old.into_iter().filter_map(|t| self.remove(t)).collect();
+        let gone: Vec<RelayTunnel> = old.into_iter().filter_map(|t| self.remove(t)).collect();
         for tun in &gone {
             let g = Gone {
                 at: now,
@@ -565,8 +594,9 @@ impl Table {
     /// Checks that the table agrees with itself and stays within its bounds; the first problem, if any. Cheap
     /// enough (linear in the table) to run after every event of a randomized test.
     pub fn check(&self) -> Result<(), String> {
-        let live: Vec<usize> = (0..self.slots.len())
+        let live: Vec<Slot> = (0..self.slots.len())
             .filter(|&t| self.slots[t].is_some())
+            .map(Slot)
             .collect();
         if live.len() + self.free.len() != self.slots.len() {
             return Err(format!(
@@ -671,7 +701,10 @@ mod tests {
     const KA: Duration = Duration::from_secs(1);
 
     fn key(n: u32) -> TunnelKey {
-        (Instance([1; 16]), n)
+        TunnelKey {
+            run: Instance([1; 16]),
+            id: n,
+        }
     }
 
     #[test]
@@ -824,7 +857,10 @@ mod tests {
         let now = Instant::now();
         tb.register(key(1), addr(1000), 1, KA, now);
         let (t2, _) = tb.register(
-            (Instance([2; 16]), 1),
+            TunnelKey {
+                run: Instance([2; 16]),
+                id: 1,
+            },
             addr(1001),
             1,
             KA,
@@ -834,7 +870,16 @@ mod tests {
         assert_eq!(tb.find(&key(1)), None);
         assert_eq!(tb.expire(now + Duration::from_secs(6)).len(), 0);
         assert_eq!(tb.expire(now + Duration::from_secs(8))[0].addr, addr(1001));
-        assert_eq!((tb.spares(), tb.find(&(Instance([2; 16]), 1))), (0, None));
+        assert_eq!(
+            (
+                tb.spares(),
+                tb.find(&TunnelKey {
+                    run: Instance([2; 16]),
+                    id: 1
+                })
+            ),
+            (0, None)
+        );
         let _ = t2;
     }
 }
