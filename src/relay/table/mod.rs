@@ -161,8 +161,19 @@ impl Table {
         self.by_key.get(key).copied()
     }
 
+    /// The live tunnel named `key`, and its slot.
+    pub fn find_tunnel(&self, key: &TunnelKey) -> Option<(Slot, &RelayTunnel)> {
+        let t = self.find(key)?;
+        Some((t, self.get(t)?))
+    }
+
     pub fn active(&self) -> usize {
         self.active
+    }
+
+    /// Clients served or waiting to be: what -n bounds.
+    pub fn busy(&self) -> usize {
+        self.active + self.waiting()
     }
 
     pub fn spares(&self) -> usize {
