@@ -5,8 +5,8 @@
 mod sim;
 
 use rut::relay::remembered::REMEMBER_FOR;
-use rut::relay::table::Route;
-use rut::relay::RECOVERY;
+use rut::relay::table::{Route, TunnelKey};
+use rut::relay::{Admission, RECOVERY};
 use rut::wire::wireguard;
 use rut::wire::{Key, Kind};
 use sim::*;
@@ -41,7 +41,7 @@ fn relay(n: usize, keepalive: u64, wg: bool, secret: u8) -> SimRelay {
     if wg {
         let pk: wireguard::PublicKey = SERVER_KEY.parse().unwrap();
         let core = std::mem::replace(&mut r.relay, SimRelay::new(n, keepalive, secret).relay);
-        r.relay = core.with_wireguard(wireguard::Admission::new(&pk, [secret; 32], r.now));
+        r.relay = core.with_wireguard(Admission::new(&pk, [secret; 32], r.now));
     }
     r
 }
@@ -166,7 +166,14 @@ fn a_tunnel_whose_client_meanwhile_has_another_is_dropped_not_restored() {
         r.advance(secs(1));
         r.keepalive(&mut inside, 2);
     }
-    assert!(r.relay.table().find(&(inside.instance(), 1)).is_none());
+    assert!(r
+        .relay
+        .table()
+        .find(&TunnelKey {
+            run: inside.instance(),
+            id: 1
+        })
+        .is_none());
     // … the client's next datagram waits for it (the agent says it still carries a client) up to RECOVERY,
     // then takes the spare …
     assert_eq!(r.send(c, b"next").0, None);

@@ -3,6 +3,7 @@
 mod sim;
 
 use rut::relay::table::Route;
+use rut::relay::Admission;
 use rut::wire::wireguard;
 use rut::wire::{Key, Kind, Shared, LEN};
 use sim::*;
@@ -497,7 +498,7 @@ fn wg_relay(n: usize) -> (SimRelay, SimInside) {
     let mut r = SimRelay::new(n, 25, 1);
     let pk: wireguard::PublicKey = SERVER_KEY.parse().unwrap();
     let relay = std::mem::replace(&mut r.relay, SimRelay::new(n, 25, 1).relay);
-    r.relay = relay.with_wireguard(wireguard::Admission::new(&pk, [5; 32], r.now));
+    r.relay = relay.with_wireguard(Admission::new(&pk, [5; 32], r.now));
     let mut inside = SimInside::new(1);
     for i in 0..n {
         r.register(&mut inside, addr(i));

@@ -9,7 +9,7 @@
 mod sim;
 
 use rut::relay::table::{Route, TunnelKey};
-use rut::relay::Transmit;
+use rut::relay::{Admission, Transmit};
 use rut::wire::wireguard;
 use rut::wire::{self, Instance, Key, Kind, Message, Shared, LEN};
 use sim::*;
@@ -89,8 +89,7 @@ struct World {
 /// Tunnels as the relay has them: key → (address, client, proven).
 fn snapshot(w: &World) -> HashMap<TunnelKey, (SocketAddr, Option<SocketAddr>, bool)> {
     let t = w.relay.relay.table();
-    (0..t.slots())
-        .filter_map(|i| t.get(i))
+    t.tunnels()
         .map(|tun| (tun.key, (tun.addr, tun.client, tun.answered)))
         .collect()
 }
@@ -118,7 +117,7 @@ impl World {
         if wg {
             let pk: wireguard::PublicKey = SERVER_KEY.parse().unwrap();
             let core = std::mem::replace(&mut relay.relay, SimRelay::new(1, 1, 0).relay);
-            relay.relay = core.with_wireguard(wireguard::Admission::new(&pk, [7; 32], relay.now));
+            relay.relay = core.with_wireguard(Admission::new(&pk, [7; 32], relay.now));
         }
         let inside = inside_agent(&mut rng, 1);
         let instances = HashSet::from([inside.instance()]);
@@ -397,7 +396,7 @@ impl World {
         // registration, so it was not applied then — closes a tunnel the agent really closed: a close proves
         // itself by its fresh counter, and routes nothing anywhere.)
         let closed_by_agent = |key: &TunnelKey| {
-            key.0 != self.inside.instance() || self.inside.tunnel(key.1).is_none()
+            key.run != self.inside.instance() || self.inside.tunnel(key.id).is_none()
         };
         let mut kept = before.clone();
         kept.retain(|key, _| after.contains_key(key) || !closed_by_agent(key));
@@ -420,7 +419,7 @@ impl World {
 
         // Every tunnel sits at an address where the honest agent proved it, for a run it really had.
         for (key, (a, client, _)) in &after {
-            if !self.instances.contains(&key.0) || !self.proven.contains(&(*key, *a)) {
+            if !self.instances.contains(&key.run) || !self.proven.contains(&(*key, *a)) {
                 return Err(format!(
                     "tunnel {key:?} at {a}, where it never proved itself"
                 ));
@@ -470,7 +469,13 @@ impl World {
         // What reaches the honest agent's tunnels: challenges are answered (later), drops close.
         for t in out {
             if let Some((id, response)) = self.inside.receive(t.to, &t.data) {
-                self.proven.insert(((self.inside.instance(), id), t.to));
+                self.proven.insert((
+                    TunnelKey {
+                        run: self.inside.instance(),
+                        id,
+                    },
+                    t.to,
+                ));
                 self.in_flight.push((t.to, response.to_vec()));
             }
         }

@@ -6,7 +6,8 @@
 //! once an initiation is admitted by its mac2, which proves that wireguard-go accepted the cookie reply. Prints
 //! what the unit tests pin, one `name hex` line each.
 
-use rut::wire::wireguard::{Admission, PublicKey, Verdict};
+use rut::relay::{Admission, Verdict};
+use rut::wire::wireguard::PublicKey;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 

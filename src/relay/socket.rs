@@ -2,15 +2,16 @@
 //! relay.rs; this file only receives, asks it, sends, and keeps time. The relay owns its table outright, so the
 //! data path takes no lock: receive, one hash lookup on the source address, send.
 
+use crate::addr::HostPort;
 use crate::cli::Config;
 use crate::pace::Every;
+use crate::relay::Admission;
 use crate::relay::{Relay, Settings, Transmit};
 use crate::sys::batch::{Batch, Shape};
 use crate::sys::logging;
 use crate::sys::random::random_bytes;
 use crate::sys::signal::{self, Signal};
 use crate::sys::socket as net;
-use crate::wire::wireguard::Admission;
 use log::{debug, info, warn};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -99,10 +100,10 @@ pub fn serve(
 /// Bind the listening socket: a bare port means every address, IPv6 and IPv4 (falling back to IPv4 alone on a
 /// host without IPv6).
 pub fn bind(host: Option<&str>, port: u16) -> Result<UdpSocket, String> {
-    let sock = match host {
+    match host {
         // No IPv6 on this host: IPv4 alone; if IPv4 fails the same way (port in use), say that.
-        None => {
-            net::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))).or_else(|e6| {
+        None => net::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)))
+            .or_else(|e6| {
                 UdpSocket::bind(("0.0.0.0", port)).map_err(|e4| {
                     if e4.kind() == e6.kind() {
                         e4
@@ -111,25 +112,16 @@ pub fn bind(host: Option<&str>, port: u16) -> Result<UdpSocket, String> {
                     }
                 })
             })
-        }
+            .map_err(|e| format!("cannot listen on port {port}: {e}")),
         Some(h) => {
-            let hp = crate::cli::HostPort {
+            let hp = HostPort {
                 host: h.to_string(),
                 port,
             };
             let addr = net::resolve(&hp).map_err(|e| format!("cannot listen on {hp}: {e}"))?;
-            net::bind(addr)
+            net::bind(addr).map_err(|e| format!("cannot listen on {hp}: {e}"))
         }
-    };
-    let shown_addr = match host {
-        Some(h) => crate::cli::HostPort {
-            host: h.to_string(),
-            port,
-        }
-        .to_string(),
-        None => format!("port {port}"),
-    };
-    sock.map_err(|e| format!("cannot listen on {shown_addr}: {e}"))
+    }
 }
 
 pub fn run(cfg: &Config, host: Option<&str>, port: u16) -> Result<(), String> {

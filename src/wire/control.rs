@@ -33,7 +33,7 @@
 //! docs/PROTOCOL.md explains the exchanges and why they defeat replay, hijacking and restart lock-out.
 //!
 //! ```
-//! use rut::protocol::{Key, Kind, Message, Instance};
+//! use rut::wire::{Instance, Key, Kind, Message};
 //! let key = Key::new(b"mysecret");
 //! let msg = Message::new(Kind::Keepalive, Instance([7; 16]), 1, 42);
 //! let wire = key.seal(&msg);
