@@ -10,7 +10,7 @@ use crate::inside::identity::Identity;
 use crate::stats::Drops;
 use crate::sys::batch::{Batch, Shape, Tx};
 use crate::sys::socket as net;
-use crate::wire::{self as protocol, Kind};
+use crate::wire::{self, Kind};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::{Arc, Mutex};
@@ -126,7 +126,7 @@ impl TunnelThread {
                 if d.src == self.relay {
                     // Control messages (124 bytes) always fit the dense area: never copied.
                     let data = parts.contiguous(&mut scratch);
-                    if protocol::looks_like_control(data) {
+                    if wire::looks_like_control(data) {
                         self.on_control(data);
                         continue;
                     }
@@ -165,7 +165,7 @@ impl TunnelThread {
     fn on_control(&self, data: &[u8]) {
         match self.identity.key.open(data) {
             Ok(msg) => self.report(Event::Control(msg)),
-            Err(protocol::Error::AuthFailNotice) => self.report(Event::AuthFail),
+            Err(wire::Error::AuthFailNotice) => self.report(Event::AuthFail),
             Err(_) => self.drops.badauth.incr(),
         }
     }

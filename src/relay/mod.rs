@@ -10,14 +10,14 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admission;
+pub(crate) mod admission;
 mod admit;
 mod control;
-pub mod cookies;
+pub(crate) mod cookies;
 mod inside_run;
 pub mod remembered;
-pub mod socket;
-pub mod strangers;
+pub(crate) mod socket;
+pub(crate) mod strangers;
 pub mod table;
 
 use crate::addr;
