@@ -1,10 +1,17 @@
 //! reverse-udp-tunnel: reach a UDP service behind carrier-grade NAT through a public relay.
 //!
-//! - [`cli`]: the command line.
-//! - [`logging`] and [`signal`]: log lines for stderr, journald or syslog; SIGTERM, SIGUSR1, SIGHUP.
-//! - [`protocol`]: the authenticated control messages, byte by byte.
-//! - [`outside`] and [`table`]: the relay, one socket and one thread owning the tunnel/client table.
-//! - [`inside`] and [`tunnel`]: the inside agent, a coordinator thread and one thread per tunnel.
+//! Decisions and I/O apart: the cores are state machines fed `(time, source, bytes)` that answer with what to
+//! send; thin socket loops around them move the bytes.
+//!
+//! - [`wire`]: what both sides parse — the control messages byte by byte, WireGuard's message formats.
+//! - [`relay`]: the relay core (`Relay`: control messages, admission, its table) and its socket loop.
+//! - [`inside`]: the inside agent's core (`Coordinator`), its run identity, the shell that performs the
+//!   core's actions, one thread per tunnel.
+//! - [`sys`]: everything that touches libc — batched sockets, mapped buffers, signals, logging.
+//! - [`cli`]: the command line. [`addr`], [`pace`], [`stats`]: small types both sides share.
+//!
+//! `relay` and `inside` never import each other; `wire` and the shared types import neither; `unsafe` is
+//! allowed only under `sys`.
 
 #![deny(unsafe_code)]
 

@@ -1,5 +1,5 @@
 //! The inside coordinator's decisions on its sans-IO core, with simulated time: unit tests of each exchange, and
-//! a randomized test that runs it against the real relay core (src/relay.rs) through simulated NATs, with
+//! a randomized test that runs it against the real relay core (src/relay/) through simulated NATs, with
 //! clients, lost and duplicated messages, failures, relay restarts and clock jumps.
 
 mod sim;

@@ -1,4 +1,4 @@
-//! The relay side of tests/wireguard_vectors.sh, which regenerates the known-answer vector of src/wireguard.rs
+//! The relay side of tests/wireguard_vectors.sh, which regenerates the known-answer vector of src/relay/admission/tests.rs
 //! with a real wireguard-go. Ignored in ordinary runs: it needs that script's network namespace.
 //!
 //! Listens on 127.0.0.1:$WG_CAPTURE_PORT (inside the script's namespace), judges every datagram "under load"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the known-answer vector pinned in src/wireguard.rs (tests `vector_*`) with a real wireguard-go.
+# Regenerate the known-answer vector pinned in src/relay/admission/tests.rs (tests `vector_*`) with a real wireguard-go.
 #
 # In a network namespace of its own, a wireguard-go "client" has one peer: a WireGuard server that does not exist,
 # whose public key is freshly generated and whose endpoint is 127.0.0.1:PORT in the same namespace. There
@@ -8,7 +8,7 @@
 # A persistent keepalive makes the client start the handshake at once. Nothing leaves the namespace.
 #
 # Needs root, wireguard-go and wireguard-tools (apt-get install wireguard-go wireguard-tools). CI does not run this;
-# it runs the unit tests on the recorded bytes. Paste the printed lines into src/wireguard.rs.
+# it runs the unit tests on the recorded bytes. Paste the printed lines into src/relay/admission/tests.rs.
 #
 # NS and IFACE may be overridden; IFACE must be unique on the machine (wireguard-go's control socket lives in
 # /var/run/wireguard, shared by all namespaces).

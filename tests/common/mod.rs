@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_reverse-udp-tunnel");
 pub const KEY: &str = "e2e-shared-secret";
-/// Every control message is this long and starts with this magic and version: read from src/protocol.rs,
+/// Every control message is this long and starts with this magic and version: read from src/wire/control.rs,
 /// not re-declared, so that a new protocol version cannot leave the tests checking the old one.
 pub const CONTROL_LEN: usize = rut::wire::LEN;
 pub const MAGIC: [u8; 5] = {

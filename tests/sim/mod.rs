@@ -1,4 +1,4 @@
-//! A simulated world around the relay core (src/relay.rs): simulated time, an honest inside agent that answers
+//! A simulated world around the relay core (src/relay/): simulated time, an honest inside agent that answers
 //! challenges as the real one does, clients, and a seeded random generator. No sockets, no sleeps.
 #![allow(dead_code)] // each test binary uses its own part
 
