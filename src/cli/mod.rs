@@ -4,7 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub use crate::addr::HostPort;
+pub mod homes;
 mod options;
+
+pub use homes::HomeSpec;
 
 pub use options::usage;
 use options::{dashed, key, normalise, options, Both, Inside, Outside, OPTIONS};
@@ -42,6 +45,8 @@ pub struct Config {
     pub syslog: bool,
     /// `--wireguard`: the WireGuard server's public key; the relay then admits only valid handshakes.
     pub wireguard: Option<crate::wire::wireguard::PublicKey>,
+    /// `--homes FILE`: the file, and the homes it listed at start.
+    pub homes: Option<(String, Vec<HomeSpec>)>,
 }
 
 impl Config {
@@ -125,6 +130,21 @@ fn parse_args(args: &[OsString], env_key: Option<OsString>) -> Result<Command, S
     };
     check_sides(&m, &role)?;
     let mut warnings = Vec::new();
+    let max_tunnels = number(&m, "n", 10, 1, 100_000)?;
+    let homes = match m.opt_str("homes") {
+        Some(_) if ["k", "keyFile", "wireguard"].iter().any(|o| m.opt_present(o)) || env_key.is_some() => {
+            return Err(format!(
+                "--homes: each home's key is in its line of the file; do not give -k, --keyFile, --wireguard or \
+                 {KEY_ENV} with it"
+            ))
+        }
+        Some(path) => {
+            let (homes, w) = homes::read(&path, max_tunnels)?;
+            warnings.extend(w);
+            Some((path, homes))
+        }
+        None => None,
+    };
     let key = match (m.opt_str("k"), m.opt_str("keyFile"), env_key) {
         (Some(_), Some(_), _) => return Err("give the key with -k or --keyFile, not both".into()),
         (Some(k), None, _) => k.into_bytes(),
@@ -152,7 +172,6 @@ fn parse_args(args: &[OsString], env_key: Option<OsString>) -> Result<Command, S
     if let Some(n) = &name {
         check_name(n)?;
     }
-    let max_tunnels = number(&m, "n", 10, 1, 100_000)?;
     let spares = number(&m, "spares", 4, 1, 10_000)?;
     let secs =
         |name, default| number(&m, name, default, 1, 86_400).map(|s| Duration::from_secs(s as u64));
@@ -172,6 +191,7 @@ fn parse_args(args: &[OsString], env_key: Option<OsString>) -> Result<Command, S
             Some(k) => Some(k.parse().map_err(|e| format!("--wireguard {k}: {e}"))?),
             None => None,
         },
+        homes,
     };
     Ok(Command::Run(cfg, warnings))
 }

@@ -56,6 +56,7 @@ pub(super) const OPTIONS: &[Opt] = &[
     opt("", "logLevel", Some("LEVEL"), Both, "0 errors, 1 warnings, 2 info (default), 3 debug"),
     opt("", "name", Some("NAME"), Both, "instance name, put in front of every log line (up to 32 characters)"),
     opt("", "wireguard", Some("PUBLIC_KEY"), Outside, "admit only WireGuard handshakes for this server public key\n(base64, as in the clients' [Peer] PublicKey)"),
+    opt("", "homes", Some("FILE"), Outside, "serve several homes on this port, one a line of FILE:\nNAME KEYFILE WIREGUARD_PUBLIC_KEY [TUNNELS]; SIGHUP re-reads it"),
     opt("", "syslog", None, Both, "log to the system log (/dev/log) instead of standard error"),
     opt("h", "help", None, Both, "show this help"),
     opt("V", "version", None, Both, "show the version"),

@@ -155,10 +155,38 @@ impl Admission {
         if kind(msg) != Some(MsgType::Initiation) {
             return Verdict::Drop(Reason::NotInitiation);
         }
-        let mac1: [u8; 16] = msg[field::MAC1].try_into().expect("16 bytes");
-        if !mac_verifies(&self.mac1_key, &msg[field::MAC1_COVERS], &mac1) {
+        if !self.mac1_verifies(msg) {
             return Verdict::Drop(Reason::BadMac1);
         }
+        self.check_verified(now, src, msg, under_load)
+    }
+
+    /// Whether the mac1 of `initiation` (a datagram [`kind`] says is one) verifies for this server key: one
+    /// BLAKE2s of 116 bytes. With `--homes`, this says which home a new client is for.
+    pub fn mac1_verifies(&self, initiation: &[u8]) -> bool {
+        mac_verifies(
+            &self.mac1_key,
+            &initiation[field::MAC1_COVERS],
+            &initiation[field::MAC1],
+        )
+    }
+
+    /// Whether the replay filter holds the mac1 of `initiation`: a hash lookup, checked before any BLAKE2s when
+    /// several homes would each cost one.
+    pub fn replayed(&self, initiation: &[u8]) -> bool {
+        let mac1: [u8; 16] = initiation[field::MAC1].try_into().expect("16 bytes");
+        self.seen.contains(&mac1)
+    }
+
+    /// [`Admission::check`] for an initiation whose mac1 verified: replays, then mac2 under load.
+    pub fn check_verified(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        msg: &[u8],
+        under_load: bool,
+    ) -> Verdict {
+        let mac1: [u8; 16] = msg[field::MAC1].try_into().expect("16 bytes");
         // Counted as seen even when answered with a cookie: the client's retry is a new initiation.
         if !self.seen.insert(now, mac1) {
             return Verdict::Drop(Reason::Replayed);
@@ -300,6 +328,10 @@ impl Seen {
         std::mem::swap(&mut self.current, &mut self.previous);
         self.current.clear(); // keeps its allocation: no churn under a steady flood
         self.since = Some(now);
+    }
+
+    fn contains(&self, mac1: &[u8; 16]) -> bool {
+        self.current.contains(mac1) || self.previous.contains(mac1)
     }
 
     fn len(&self) -> usize {

@@ -2,15 +2,14 @@
 //! unproven tunnel to a newcomer before a stranger, and with `--wireguard` only a source that passes the
 //! server's own checks (or proved itself before) asks at all. The same `impl Relay` as mod.rs, by concern.
 
-use super::{Relay, Transmit, GRACE, WAITING_IS_LOAD};
+use super::{say, Home, Transmit, GRACE, WAITING_IS_LOAD};
 use crate::addr;
 use crate::relay::admission::{Reason, Verdict};
 use crate::relay::table::Slot;
-use log::{debug, info, warn};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-impl Relay {
+impl Home {
     /// The most clients served at once: our -n, or the inside agent's if smaller.
     pub(super) fn limit(&self) -> usize {
         self.run.inside_max.map_or(self.settings.max_tunnels, |n| {
@@ -44,7 +43,63 @@ impl Relay {
             self.admissions.remembered += 1;
             return true;
         }
-        match wg.check(now, src, data, under_load) {
+        let verdict = wg.check(now, src, data, under_load);
+        self.count(verdict, src, out)
+    }
+
+    /// With `--homes`: an initiation whose mac1 verified for this home's server key (homes.rs checked it): the
+    /// rest of this home's admission, then a tunnel.
+    pub(super) fn admit_initiation(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        data: &[u8],
+        out: &mut Vec<Transmit>,
+    ) -> Option<SocketAddr> {
+        let under_load = self.under_load();
+        let verdict = self
+            .wireguard
+            .as_mut()?
+            .check_verified(now, src, data, under_load);
+        if !self.count(verdict, src, out) {
+            return None;
+        }
+        self.new_client(now, src, data)
+    }
+
+    /// With `--homes`: a source this home remembers as proven (see remembered.rs).
+    pub(super) fn admit_remembered(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        data: &[u8],
+    ) -> Option<SocketAddr> {
+        self.admissions.remembered += 1;
+        self.new_client(now, src, data)
+    }
+
+    /// Whether the mac1 of `initiation` verifies for this home's server key.
+    pub(super) fn mac1_verifies(&self, initiation: &[u8]) -> bool {
+        self.wireguard
+            .as_ref()
+            .is_some_and(|w| w.mac1_verifies(initiation))
+    }
+
+    /// Whether this home's replay memory holds the mac1 of `initiation`.
+    pub(super) fn replayed(&self, initiation: &[u8]) -> bool {
+        self.wireguard
+            .as_ref()
+            .is_some_and(|w| w.replayed(initiation))
+    }
+
+    /// Whether this home remembers `src` as proven.
+    pub(super) fn remembers(&mut self, src: &SocketAddr, now: Instant) -> bool {
+        self.table.remembered().contains(src, now)
+    }
+
+    /// Count an admission verdict, send its cookie reply; true if it admits.
+    fn count(&mut self, verdict: Verdict, src: SocketAddr, out: &mut Vec<Transmit>) -> bool {
+        match verdict {
             Verdict::Admit => true,
             Verdict::Reply(reply) => {
                 self.admissions.cookies += 1;
@@ -80,7 +135,9 @@ impl Relay {
             self.drops.refused.incr();
             self.strangers.insert(src);
             if self.said.full.first() {
-                warn!(
+                say!(
+                    self.tag,
+                    warn,
                     "all {limit} tunnels in use: refusing new clients (first: {})",
                     addr::shown(src)
                 );
@@ -99,7 +156,9 @@ impl Relay {
                 if !self.table.hold(src, data, now) {
                     self.drops.overflow.incr();
                 } else if self.said.waiting.first() {
-                    info!(
+                    say!(
+                        self.tag,
+                        info,
                         "no spare tunnel ready: holding new clients' datagrams until one registers"
                     );
                 }
@@ -123,7 +182,9 @@ impl Relay {
         self.admissions.reclaimed += 1;
         let tun = self.table.get(t)?;
         if self.said.reclaiming.first() {
-            warn!(
+            say!(
+                self.tag,
+                warn,
                 "all {} tunnels in use: handing tunnels whose client never got an answer to new clients \
                  (first: tunnel {} from {} to {}); counted as reclaimed",
                 self.limit(),
@@ -132,7 +193,9 @@ impl Relay {
                 addr::shown(src)
             );
         }
-        debug!(
+        say!(
+            self.tag,
+            debug,
             "tunnel {} reclaimed from {} for {}",
             tun.key.id,
             addr::shown(old),
@@ -145,7 +208,9 @@ impl Relay {
     fn assign(&mut self, now: Instant, client: SocketAddr, t: Slot) -> Option<SocketAddr> {
         self.table.assign(client, t, now);
         let tun = self.table.get(t)?;
-        info!(
+        say!(
+            self.tag,
+            info,
             "client {} -> tunnel {} at {} ({} active)",
             addr::shown(client),
             tun.key.id,

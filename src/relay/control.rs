@@ -3,21 +3,24 @@
 //! roamed; closes and drops end tunnels. Every message is authenticated and fresh before it changes anything.
 //! The same `impl Relay` as mod.rs, by concern.
 
-use super::{Relay, Transmit, DISPLACED};
+use super::{say, Home, Transmit, DISPLACED};
 use crate::addr;
 use crate::relay::table::{Restored, Slot, TunnelKey};
 use crate::wire::{self, Key, Kind, Message, Shared};
-use log::{debug, info, warn};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-impl Relay {
+impl Home {
+    /// A control-shaped datagram. `elsewhere`: whether another home behind the same port knows an address (a
+    /// client's, a tunnel's): no message of this home's agent takes such an address unless a tunnel proves itself
+    /// there by the challenge (then homes.rs frees it in the other home).
     pub(super) fn on_control(
         &mut self,
         now: Instant,
         src: SocketAddr,
         data: &[u8],
         out: &mut Vec<Transmit>,
+        elsewhere: &dyn Fn(&SocketAddr) -> bool,
     ) {
         let msg = match self.key.open(data) {
             Ok(msg) => msg,
@@ -25,7 +28,9 @@ impl Relay {
             Err(wire::Error::Version(v)) => {
                 self.drops.badauth.incr();
                 if self.said.version.first() {
-                    warn!(
+                    say!(
+                self.tag,
+                warn,
                         "control message of protocol version {v} from {}: this relay speaks version {}; \
                          run the same release on both sides",
                         addr::shown(src),
@@ -35,7 +40,9 @@ impl Relay {
                 return;
             }
             Err(e) => {
-                debug!(
+                say!(
+                    self.tag,
+                    debug,
                     "ignored control-shaped datagram from {}: {e}",
                     addr::shown(src)
                 );
@@ -43,7 +50,9 @@ impl Relay {
             }
         };
         if self.run.retired.contains(&msg.instance) {
-            debug!(
+            say!(
+                self.tag,
+                debug,
                 "ignored message of replaced inside run {} from {}",
                 msg.instance,
                 addr::shown(src)
@@ -51,11 +60,17 @@ impl Relay {
             return;
         }
         match msg.kind {
-            Kind::Keepalive => self.on_keepalive(now, src, &msg, out),
-            Kind::Response => self.on_response(now, src, &msg, out),
+            Kind::Keepalive => self.on_keepalive(now, src, &msg, out, elsewhere),
+            Kind::Response => self.on_response(now, src, &msg, out, elsewhere),
             Kind::Close => self.on_close(now, &msg),
             // Relay-to-inside kinds sent back at us: nothing to do.
-            _ => debug!("ignored {:?} from {}", msg.kind, addr::shown(src)),
+            _ => say!(
+                self.tag,
+                debug,
+                "ignored {:?} from {}",
+                msg.kind,
+                addr::shown(src)
+            ),
         }
     }
 
@@ -71,7 +86,9 @@ impl Relay {
         }
         self.drops.badauth.incr();
         if self.said.badauth.first() {
-            warn!(
+            say!(
+                self.tag,
+                warn,
                 "control message from {} failed authentication: the inside agent's key differs from ours (-k)",
                 addr::shown(src)
             );
@@ -116,13 +133,16 @@ impl Relay {
         src: SocketAddr,
         msg: &Message,
         out: &mut Vec<Transmit>,
+        elsewhere: &dyn Fn(&SocketAddr) -> bool,
     ) {
         let Some((t, tun)) = self.table.find_tunnel(&TunnelKey::of(msg)) else {
             // Unknown tunnel: challenge it, and remember nothing until the answer proves it.
             return self.challenge(now, src, msg, out);
         };
         if msg.counter <= tun.counter {
-            debug!(
+            say!(
+                self.tag,
+                debug,
                 "stale or repeated keepalive of tunnel {} from {}",
                 msg.tunnel,
                 addr::shown(src)
@@ -137,8 +157,11 @@ impl Relay {
             return self.ack(src, msg, t, out);
         }
         // A known tunnel at a new address: its NAT mapping changed, or someone replays its keepalive. Hold the
-        // address's data until the challenge is answered, so the tunnel is never taken for a new client.
-        self.table.expect_roam(src, now);
+        // address's data until the challenge is answered, so the tunnel is never taken for a new client. (Not an
+        // address of another home's: a replayed keepalive must not hold that home's traffic.)
+        if !elsewhere(&src) {
+            self.table.expect_roam(src, now);
+        }
         self.challenge(now, src, msg, out);
     }
 
@@ -154,9 +177,12 @@ impl Relay {
         src: SocketAddr,
         msg: &Message,
         out: &mut Vec<Transmit>,
+        elsewhere: &dyn Fn(&SocketAddr) -> bool,
     ) {
         if !self.cookies.check(now, src, msg) {
-            debug!(
+            say!(
+                self.tag,
+                debug,
                 "response with a stale or foreign cookie from {}",
                 addr::shown(src)
             );
@@ -179,7 +205,7 @@ impl Relay {
                 self.table.set_local(t, msg.local);
                 self.ack(src, msg, t, out);
             }
-            None if msg.active => self.restore(now, src, msg, out),
+            None if msg.active => self.restore(now, src, msg, out, elsewhere),
             None => self.register_spare(now, src, msg, out),
         }
     }
@@ -188,10 +214,19 @@ impl Relay {
     /// forgot the tunnel while its line was down. Restore the tunnel with the client the inside agent was told,
     /// so the client's datagrams take the same tunnel and the service sees the same source; unless the client
     /// meanwhile has another tunnel, the inside says no client, or it would exceed -n: then drop it.
-    fn restore(&mut self, now: Instant, src: SocketAddr, msg: &Message, out: &mut Vec<Transmit>) {
+    fn restore(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        msg: &Message,
+        out: &mut Vec<Transmit>,
+        elsewhere: &dyn Fn(&SocketAddr) -> bool,
+    ) {
         let key = TunnelKey::of(msg);
         if !self.table.may_register(&key, msg.counter) {
-            debug!(
+            say!(
+                self.tag,
+                debug,
                 "replayed response of removed or refused tunnel {} from {}: ignored",
                 msg.tunnel,
                 addr::shown(src)
@@ -208,6 +243,7 @@ impl Relay {
             Some(c) if c.is_ipv6() != src.is_ipv6() => {
                 Err("its client's address family is not this socket's")
             }
+            Some(c) if elsewhere(&c) => Err("its client's address is another home's"),
             Some(_) if busy >= self.limit() => Err("all tunnels are in use"),
             Some(c) => self.table.restore(
                 key,
@@ -226,7 +262,9 @@ impl Relay {
         } = match refused {
             Ok(r) => r,
             Err(why) => {
-                info!(
+                say!(
+                self.tag,
+                info,
                     "tunnel {} from {} carried client {}: {why}; asking the inside agent to close it",
                     msg.tunnel,
                     addr::shown(src),
@@ -241,7 +279,9 @@ impl Relay {
         self.table.set_local(t, msg.local);
         self.drop_displaced(now, displaced, out);
         let c = client.unwrap_or(src);
-        info!(
+        say!(
+            self.tag,
+            info,
             "tunnel {} restored at {} with its client {} ({} active)",
             msg.tunnel,
             addr::shown(src),
@@ -262,7 +302,9 @@ impl Relay {
         out: &mut Vec<Transmit>,
     ) {
         if !self.table.may_register(&TunnelKey::of(msg), msg.counter) {
-            debug!(
+            say!(
+                self.tag,
+                debug,
                 "replayed response of removed or refused tunnel {} from {}: ignored",
                 msg.tunnel,
                 addr::shown(src)
@@ -271,7 +313,9 @@ impl Relay {
         }
         if self.table.spares() >= self.settings.max_tunnels {
             self.table.refuse(TunnelKey::of(msg), msg.counter, now);
-            debug!(
+            say!(
+                self.tag,
+                debug,
                 "spare tunnel {} refused: already {} spares",
                 msg.tunnel,
                 self.table.spares()
@@ -288,7 +332,9 @@ impl Relay {
         // Spares again: a later shortage is news worth a line.
         self.said.waiting.rearm();
         self.said.expired.rearm();
-        info!(
+        say!(
+            self.tag,
+            info,
             "spare tunnel {} registered from {} ({} spare)",
             msg.tunnel,
             addr::shown(src),
@@ -327,7 +373,9 @@ impl Relay {
         let Some(tun) = self.table.get(t) else {
             return false;
         };
-        info!(
+        say!(
+            self.tag,
+            info,
             "tunnel {} moved from {} to {}",
             tun.key.id,
             addr::shown(from),
@@ -346,10 +394,24 @@ impl Relay {
         let Some(tun) = self.table.close(t, now) else {
             return;
         };
-        info!("tunnel {} dropped: {why}", tun.key.id);
+        say!(self.tag, info, "tunnel {} dropped: {why}", tun.key.id);
         let mut m = Message::new(Kind::Drop, tun.key.run, tun.key.id, tun.counter);
         m.active = tun.client.is_some();
         self.reply(tun.addr, &m, out);
+    }
+
+    /// A tunnel of another home proved itself at `addr`: whatever of this home was there is dropped.
+    pub(super) fn release(&mut self, now: Instant, addr: SocketAddr, out: &mut Vec<Transmit>) {
+        let displaced = self.table.release(addr);
+        self.drop_displaced(now, displaced, out);
+    }
+
+    /// Drop every tunnel, telling the inside agent (its home was removed from FILE, or its key changed).
+    pub(super) fn drop_all(&mut self, now: Instant, why: &str, out: &mut Vec<Transmit>) {
+        let slots: Vec<Slot> = self.table.slots().collect();
+        for t in slots {
+            self.drop_tunnel(now, t, why, out);
+        }
     }
 
     /// Drop the tunnel another one displaced by proving itself at its or its client's address.
@@ -371,12 +433,19 @@ impl Relay {
             return;
         };
         match tun.client {
-            Some(c) => info!(
+            Some(c) => say!(
+                self.tag,
+                info,
                 "tunnel {} closed by the inside agent (client {})",
                 msg.tunnel,
                 addr::shown(c)
             ),
-            None => info!("spare tunnel {} closed by the inside agent", msg.tunnel),
+            None => say!(
+                self.tag,
+                info,
+                "spare tunnel {} closed by the inside agent",
+                msg.tunnel
+            ),
         }
     }
 }

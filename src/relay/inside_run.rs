@@ -3,18 +3,19 @@
 //! clients. From these the relay decides when a newer run replaces the current one, how many clients it serves
 //! at most, and whether new clients wait for tunnels that may still come back (the recovery, see [`RECOVERY`]).
 
-use super::{Settings, MAX_TUNNELS_SAID, RECOVERY, RETIRED_KEPT};
+use super::{say, Settings, MAX_TUNNELS_SAID, RECOVERY, RETIRED_KEPT};
 use crate::addr;
 use crate::pace::Once;
 use crate::relay::table::Table;
 use crate::wire::{Instance, Message};
-use log::{info, warn};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 #[derive(Default)]
 pub(super) struct InsideRun {
+    /// The home's log tag (see home.rs).
+    tag: String,
     /// The run of the inside agent being served; a newer one that proves itself replaces it.
     pub(super) current: Option<Instance>,
     pub(super) retired: VecDeque<Instance>,
@@ -33,6 +34,13 @@ pub(super) struct InsideRun {
 }
 
 impl InsideRun {
+    pub(super) fn new(tag: &str) -> InsideRun {
+        InsideRun {
+            tag: tag.to_string(),
+            ..InsideRun::default()
+        }
+    }
+
     /// A verified run of the inside agent that is not the current one is a restart: the old run's tunnels are
     /// dead, so forget them at once, and never accept the old run again.
     pub(super) fn adopt_instance(
@@ -47,7 +55,9 @@ impl InsideRun {
         match self.current.replace(instance) {
             Some(old) => {
                 let gone = table.remove_instance(old);
-                info!(
+                say!(
+                self.tag,
+                info,
                     "inside agent restarted (run {instance} replaces run {old}): dropped {} tunnels of the old run",
                     gone.len()
                 );
@@ -56,7 +66,9 @@ impl InsideRun {
                     self.retired.pop_front();
                 }
             }
-            None => info!(
+            None => say!(
+                self.tag,
+                info,
                 "inside agent (run {instance}) connected from {}",
                 addr::shown(src)
             ),
@@ -80,7 +92,9 @@ impl InsideRun {
         let ours = settings.keepalive;
         let theirs = settings.keepalive_of(said);
         if theirs != ours && self.keepalive_differs.first() {
-            warn!(
+            say!(
+                self.tag,
+                warn,
                 "the inside agent's keepalive interval is {}s, ours {}s: its tunnels are kept for twice its \
                  interval; give --keepaliveInterval the same value on both sides",
                 theirs.as_secs(),
@@ -90,7 +104,9 @@ impl InsideRun {
         if (1..=MAX_TUNNELS_SAID).contains(&said.max_tunnels) {
             let n = said.max_tunnels as usize;
             if n != settings.max_tunnels && self.tunnels_differ.first() {
-                warn!(
+                say!(
+                self.tag,
+                warn,
                     "the inside agent's -n is {n}, ours {}: serving at most {} clients; give -n the same value \
                      on both sides",
                     settings.max_tunnels,
@@ -118,7 +134,9 @@ impl InsideRun {
             self.recovering_since = None;
         } else if self.recovering_since.is_none() {
             self.recovering_since = Some(now);
-            info!(
+            say!(
+                self.tag,
+                info,
                 "the inside agent says {} tunnels carry clients, {} known here: new clients wait up to {}s for \
                  the others to come back",
                 self.carrying,

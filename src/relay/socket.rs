@@ -12,7 +12,7 @@ use crate::sys::logging;
 use crate::sys::random::random_bytes;
 use crate::sys::signal::{self, Signal};
 use crate::sys::socket as net;
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -27,6 +27,8 @@ pub struct Flags {
     pub stop: AtomicBool,
     /// SIGUSR1: log the status line and the tunnel table.
     pub status: AtomicBool,
+    /// SIGHUP with `--homes`: re-read the homes file.
+    pub reload: AtomicBool,
 }
 
 /// Serve on `sock` until `flags.stop` is set (by a signal).
@@ -35,6 +37,7 @@ pub fn serve(
     sock: &UdpSocket,
     status_every: Option<Duration>,
     flags: &Flags,
+    homes: Option<(&str, usize)>,
 ) -> std::io::Result<()> {
     let mut batch = Batch::new(sock, Shape::RELAY)?;
     debug!("relay socket: {}", batch.offload());
@@ -74,6 +77,11 @@ pub fn serve(
         }
         let now = Instant::now();
         if tick.due(now) {
+            if flags.reload.swap(false, Relaxed) {
+                if let Some((path, n)) = homes {
+                    reload(relay, path, n, now, &mut out);
+                }
+            }
             relay.on_tick(now, &mut out);
             // Held datagrams of clients that waited out a recovery: rare, so one send each.
             for t in out.drain(..) {
@@ -82,7 +90,7 @@ pub fn serve(
                 }
             }
             if flags.status.swap(false, Relaxed) {
-                logging::status(&relay.status());
+                relay.status_lines().iter().for_each(|l| logging::status(l));
                 relay
                     .table_lines(now)
                     .iter()
@@ -90,11 +98,37 @@ pub fn serve(
             }
         }
         if status.as_mut().is_some_and(|s| s.due(now)) {
-            logging::status(&relay.status());
+            relay.status_lines().iter().for_each(|l| logging::status(l));
         }
     }
-    logging::status(&relay.status());
+    relay.status_lines().iter().for_each(|l| logging::status(l));
     Ok(())
+}
+
+/// SIGHUP: the homes file again. A file that does not parse changes nothing.
+fn reload(
+    relay: &mut Relay,
+    path: &str,
+    max_tunnels: usize,
+    now: Instant,
+    out: &mut Vec<Transmit>,
+) {
+    match crate::cli::homes::read(path, max_tunnels) {
+        Err(e) => error!(
+            "SIGHUP: {e}; keeping the {} running homes",
+            relay.homes().len()
+        ),
+        Ok((specs, warnings)) => {
+            warnings.iter().for_each(|w| warn!("{w}"));
+            let n = specs.len();
+            if let Some(r) = relay.reload(now, specs, &mut random_bytes, out) {
+                info!(
+                    "homes reloaded from {path}: {n} homes (added {}, removed {}, changed {})",
+                    r.added, r.removed, r.changed
+                );
+            }
+        }
+    }
 }
 
 /// Bind the listening socket: a bare port means every address, IPv6 and IPv4 (falling back to IPv4 alone on a
@@ -132,6 +166,7 @@ pub fn run(cfg: &Config, host: Option<&str>, port: u16) -> Result<(), String> {
         sock.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     let flags = Arc::new(Flags::default());
+    let reloads = cfg.homes.is_some();
     let f = flags.clone();
     signal::watch(move |sig| match sig {
         Signal::Terminate(name) => {
@@ -139,6 +174,7 @@ pub fn run(cfg: &Config, host: Option<&str>, port: u16) -> Result<(), String> {
             f.stop.store(true, Relaxed);
         }
         Signal::Status => f.status.store(true, Relaxed),
+        Signal::Reload if reloads => f.reload.store(true, Relaxed),
         Signal::Reload => warn!("{}", signal::RELOAD_IGNORED),
     });
     let settings = Settings {
@@ -146,10 +182,26 @@ pub fn run(cfg: &Config, host: Option<&str>, port: u16) -> Result<(), String> {
         keepalive: cfg.keepalive,
     };
     let now = Instant::now();
-    let mut relay = Relay::new(&cfg.key, settings, random_bytes(), now);
+    let mut relay = match &cfg.homes {
+        Some((path, specs)) => {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            info!(
+                "serving {} homes from {path}: {}",
+                specs.len(),
+                names.join(", ")
+            );
+            Relay::with_homes(specs.clone(), settings, &mut random_bytes, now)
+        }
+        None => Relay::new(&cfg.key, settings, random_bytes(), now),
+    };
     if let Some(pk) = &cfg.wireguard {
         info!("admitting only WireGuard handshakes for server key {pk}");
         relay = relay.with_wireguard(Admission::new(pk, random_bytes(), now));
     }
-    serve(&mut relay, &sock, cfg.status_interval, &flags).map_err(|e| format!("relay failed: {e}"))
+    let homes = cfg
+        .homes
+        .as_ref()
+        .map(|(p, _)| (p.as_str(), cfg.max_tunnels));
+    serve(&mut relay, &sock, cfg.status_interval, &flags, homes)
+        .map_err(|e| format!("relay failed: {e}"))
 }

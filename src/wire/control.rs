@@ -4,13 +4,17 @@
 //! are recognised by shape *and* authenticity: a datagram is a control message only if it is exactly
 //! [`LEN`] bytes, starts with the magic and version, and its HMAC verifies. Every control message has the same
 //! size, so the relay never answers with more bytes than it received. A message with the magic and another
-//! version (also at the 84 bytes of versions 1 and 2) is recognised as such (never forwarded as data) and
-//! refused, so mixed releases say so.
+//! version (also at the 84 bytes of versions 1 and 2 and the 124 of version 3) is recognised as such (never
+//! forwarded as data) and refused, so mixed releases say so.
+//!
+//! The key id names the key a message is sealed with, so that a relay serving many homes (`--homes`) finds the
+//! one key to verify with, not one per home. It is a MAC of a fixed label under the key: it reveals nothing a
+//! message's own MAC does not (with a weak key, both let a guess be checked offline).
 //!
 //! ```text
 //! offset size  field
 //!  0      4    magic      ff 52 55 54  ("\xffRUT")
-//!  4      1    version    3
+//!  4      1    version    4
 //!  5      1    kind       1 keepalive  2 challenge  3 response  4 ack  5 close  6 drop  7 authfail
 //!  6      1    flags      bit 0: the tunnel carries a client (active); bit 1: the service has answered that
 //!                         client through it (proven); other bits 0
@@ -27,7 +31,8 @@
 //! 72      2               ... and its port, big-endian (0: none)
 //! 74     16    local      inside→relay: the address the service sees this tunnel at (all zero: not said) ...
 //! 90      2               ... and its port
-//! 92     32    mac        HMAC-SHA256(key, bytes 0..92); all zero in authfail, which is not authenticated
+//! 92      8    key id     the first 8 bytes of HMAC-SHA256(key, "reverse-udp-tunnel key id"); zero in authfail
+//! 100    32    mac        HMAC-SHA256(key, bytes 0..100); all zero in authfail, which is not authenticated
 //! ```
 //!
 //! docs/PROTOCOL.md explains the exchanges and why they defeat replay, hijacking and restart lock-out.
@@ -46,13 +51,16 @@ use sha2::Sha256;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 /// Size of every control message.
-pub const LEN: usize = 124;
-/// Size of the control messages of versions 1 and 2: still recognised, so that they are refused, not forwarded.
-pub const OLD_LEN: usize = 84;
+pub const LEN: usize = 132;
+/// Sizes of the control messages of versions 1 and 2, and of version 3: still recognised, so that they are
+/// refused, not forwarded.
+pub const OLD_LENS: [usize; 2] = [84, 124];
 pub const MAGIC: [u8; 4] = [0xff, b'R', b'U', b'T'];
 /// The protocol version this release speaks. (Version 1, in release 1.0, had a 16-byte cookie and no settings;
-/// version 2 had no client, local address or carrying count.)
-pub const VERSION: u8 = 3;
+/// version 2 had no client, local address or carrying count; version 3, in release 1.1, no key id.)
+pub const VERSION: u8 = 4;
+/// The label the key id is a MAC of.
+const KEY_ID_LABEL: &[u8] = b"reverse-udp-tunnel key id";
 
 /// Where each field starts (the layout above): encode, decode and the layout test read them from here.
 mod field {
@@ -69,7 +77,8 @@ mod field {
     pub const CARRYING: usize = 52;
     pub const CLIENT: usize = 56;
     pub const LOCAL: usize = 74;
-    pub const MAC: usize = 92;
+    pub const KEY_ID: usize = 92;
+    pub const MAC: usize = 100;
     /// An address field: 16 bytes of IPv6 address, 2 of port.
     pub const ADDR_LEN: usize = 18;
 }
@@ -287,25 +296,47 @@ impl std::error::Error for Error {}
 /// Only a match costs an HMAC.
 #[inline]
 pub fn looks_like_control(buf: &[u8]) -> bool {
-    (buf.len() == LEN || buf.len() == OLD_LEN) && buf[..4] == MAGIC
+    (buf.len() == LEN || OLD_LENS.contains(&buf.len())) && buf[..4] == MAGIC
+}
+
+/// Which key a message says it is sealed with (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; 8]);
+
+impl KeyId {
+    /// The key id a control-shaped datagram of this version carries; None for any other datagram.
+    pub fn of(buf: &[u8]) -> Option<KeyId> {
+        let b = <&[u8; LEN]>::try_from(buf).ok()?;
+        (b[..4] == MAGIC && b[field::VERSION] == VERSION)
+            .then(|| KeyId(b[field::KEY_ID..MAC_AT].try_into().expect("8 bytes")))
+    }
 }
 
 /// The shared secret, with the HMAC key schedule done once.
 #[derive(Clone)]
 pub struct Key {
     mac: Hmac<Sha256>,
+    id: KeyId,
 }
 
 impl Key {
     pub fn new(secret: &[u8]) -> Key {
-        Key {
-            mac: Hmac::new_from_slice(secret).expect("HMAC takes keys of any length"),
-        }
+        let mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+        let mut m = mac.clone();
+        m.update(KEY_ID_LABEL);
+        let id = KeyId(m.finalize().into_bytes()[..8].try_into().expect("8 bytes"));
+        Key { mac, id }
+    }
+
+    /// The id messages sealed with this key carry.
+    pub fn id(&self) -> KeyId {
+        self.id
     }
 
     /// Encode and authenticate a message.
     pub fn seal(&self, msg: &Message) -> [u8; LEN] {
         let mut b = msg.encode();
+        b[field::KEY_ID..MAC_AT].copy_from_slice(&self.id.0);
         let mut m = self.mac.clone();
         m.update(&b[..MAC_AT]);
         b[MAC_AT..].copy_from_slice(&m.finalize().into_bytes());
@@ -326,6 +357,10 @@ impl Key {
         }
         if b[field::KIND] == Kind::AuthFail as u8 {
             return Err(Error::AuthFailNotice);
+        }
+        // Another key's id: no MAC to compute, it cannot verify (a forged id only fails at the MAC below).
+        if b[field::KEY_ID..MAC_AT] != self.id.0 {
+            return Err(Error::BadMac);
         }
         let mut m = self.mac.clone();
         m.update(&b[..MAC_AT]);

@@ -63,7 +63,7 @@ impl Table {
                 self.active
             ));
         }
-        for (addr, peer) in &self.peers {
+        for (addr, peer) in self.peers.iter() {
             let ok = match peer {
                 Peer::Tunnel(t) => self.get(*t).is_some_and(|tun| tun.addr == *addr),
                 Peer::Client(t) => self.get(*t).is_some_and(|tun| tun.client == Some(*addr)),

@@ -4,6 +4,7 @@
 mod check;
 mod gone;
 mod held;
+mod peers;
 #[cfg(test)]
 mod tests;
 
@@ -13,6 +14,7 @@ use crate::relay::remembered::Remembered;
 use crate::wire::{Instance, Message};
 use gone::Gone;
 use held::HeldDatagrams;
+use peers::Peers;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
@@ -105,7 +107,7 @@ pub enum Route {
 
 #[derive(Default)]
 pub struct Table {
-    peers: HashMap<SocketAddr, Peer>,
+    peers: Peers,
     slots: Vec<Option<RelayTunnel>>,
     free: Vec<Slot>,
     by_key: HashMap<TunnelKey, Slot>,
@@ -141,6 +143,39 @@ impl Table {
             Some(Peer::Held) => Route::Hold,
             None => Route::New,
         }
+    }
+
+    /// Whether `addr` is anything to this table (a tunnel's, a client's, held): [`Route::New`] if not.
+    pub fn knows(&self, addr: &SocketAddr) -> bool {
+        self.peers.contains_key(addr)
+    }
+
+    /// Every address this table knows.
+    pub fn addresses(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.peers.keys()
+    }
+
+    /// Keep a journal of the addresses that become known or unknown (a relay of several homes reads it).
+    pub fn keep_changes(&mut self) {
+        self.peers.keep_changes();
+    }
+
+    /// The addresses that became known or unknown since the last call (with [`Table::keep_changes`]).
+    pub fn take_changed(&mut self) -> Vec<SocketAddr> {
+        self.peers.take_changed()
+    }
+
+    /// Free `addr`, which a tunnel of another home proved itself at: returns the tunnel of this table it
+    /// displaces, which the caller drops (as [`Table::register`] does within one table).
+    pub fn release(&mut self, addr: SocketAddr) -> Option<Slot> {
+        self.claim(addr)
+    }
+
+    /// The slots of every live tunnel, in order.
+    pub fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
+        (0..self.slots.len())
+            .filter(|&t| self.slots[t].is_some())
+            .map(Slot)
     }
 
     /// Every live tunnel, in slot order.

@@ -47,7 +47,7 @@ fn ack_carries_the_waiting_count() {
 fn layout_is_as_documented() {
     let b = Key::new(b"k").seal(&sample());
     assert_eq!(b.len(), LEN);
-    assert_eq!(&b[..8], &[0xff, b'R', b'U', b'T', 3, 3, 3, 0]);
+    assert_eq!(&b[..8], &[0xff, b'R', b'U', b'T', 4, 3, 3, 0]);
     assert_eq!(&b[field::INSTANCE..field::TUNNEL], &[9; 16]);
     assert_eq!(&b[24..28], &[0xde, 0xad, 0xbe, 0xef]);
     assert_eq!(&b[28..36], &(u64::MAX - 1).to_be_bytes());
@@ -65,6 +65,8 @@ fn layout_is_as_documented() {
         &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]
     );
     assert_eq!(&b[90..92], &48606u16.to_be_bytes());
+    assert_eq!(&b[92..100], &Key::new(b"k").id().0);
+    assert_eq!(KeyId::of(&b), Some(Key::new(b"k").id()));
     assert_eq!(field::MAC + 32, LEN);
     let none = Key::new(b"k").seal(&Message::new(Kind::Ack, Instance([1; 16]), 1, 1));
     assert_eq!(&none[56..92], &[0; 36], "no address: all zero");
@@ -110,7 +112,7 @@ fn reseal(key: &Key, b: &mut [u8; LEN]) {
 fn truncated_extended_and_garbage_are_data() {
     let key = Key::new(b"k");
     let b = key.seal(&sample());
-    for n in (0..LEN).filter(|&n| n != OLD_LEN) {
+    for n in (0..LEN).filter(|n| !OLD_LENS.contains(n)) {
         assert_eq!(
             key.open(&b[..n]),
             Err(Error::NotControl),
@@ -128,11 +130,33 @@ fn truncated_extended_and_garbage_are_data() {
         Err(Error::Version(1)),
         "recognised, refused"
     );
-    let mut old = [0u8; OLD_LEN];
-    old[..4].copy_from_slice(&MAGIC);
-    old[4] = 2;
-    assert!(looks_like_control(&old), "version 2's length: never data");
-    assert_eq!(key.open(&old), Err(Error::Version(2)));
+    for (len, version) in OLD_LENS.into_iter().zip([2, 3]) {
+        let mut old = vec![0u8; len];
+        old[..4].copy_from_slice(&MAGIC);
+        old[4] = version;
+        assert!(
+            looks_like_control(&old),
+            "version {version}'s length: never data"
+        );
+        assert_eq!(key.open(&old), Err(Error::Version(version)));
+        assert_eq!(KeyId::of(&old), None);
+    }
+}
+
+#[test]
+fn the_key_id_names_the_key_without_being_it() {
+    let (a, b) = (Key::new(b"a"), Key::new(b"b"));
+    assert_ne!(a.id(), b.id());
+    assert_eq!(a.id(), Key::new(b"a").id(), "a function of the key alone");
+    // A message that names another key fails before its MAC is computed; one whose id was changed to ours
+    // still fails at the MAC.
+    let mut m = b.seal(&sample());
+    assert_eq!(a.open(&m), Err(Error::BadMac));
+    m[92..100].copy_from_slice(&a.id().0);
+    assert_eq!(KeyId::of(&m), Some(a.id()));
+    assert_eq!(a.open(&m), Err(Error::BadMac));
+    assert_eq!(KeyId::of(&Key::authfail_notice()), Some(KeyId([0; 8])));
+    assert_eq!(KeyId::of(b"data"), None);
 }
 
 #[test]
