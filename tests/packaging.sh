@@ -138,6 +138,8 @@ fi
 #   command last); procd_add_validation writes to $VALIDATION. uci_load_validate does what procd's does:
 #   makes the option variables local, sets them from validate_data's output (and on failure lets its
 #   diagnostics through to stderr), then calls back with the section and validate_data's status.
+# - procd_running: whether the instance is a line of $RUNNING; procd_send_signal prints "signal <args>";
+#   start (rc.common's) runs start_service.
 # - logger: appends "PRIORITY TAG: MESSAGE" to $SYSLOG, with -s also "TAG: MESSAGE" to stderr.
 # - /sbin/validate_data: $tmp/bin/validate_data below, on PATH.
 cat >"$tmp/stubs.sh" <<'EOF'
@@ -217,6 +219,9 @@ procd_append_param() {
 }
 procd_close_instance() { echo "$_inst command $_cmd"; }
 procd_add_reload_trigger() { echo "reload_trigger $*"; }
+procd_running() { grep -qsxF "$2" "$RUNNING"; }
+procd_send_signal() { echo "signal $*"; }
+start() { start_service; }
 procd_add_validation() { "$@" >>"$VALIDATION"; }
 json_add_object() { echo "{${1:+ $1:}"; }
 json_add_string() { echo "$1=$2"; }
@@ -303,6 +308,8 @@ printf 'root:x:0:0:root:/root:/bin/ash\nrutunnel:x:32768:32768:rutunnel:/var/run
 keys=$tmp/keys
 mkdir -p "$keys"
 for name in home game relay good; do echo "key-$name" >"$keys/$name.key"; done
+# The homes file of the sample relay of several homes (what is in it is the program's to check).
+echo "home home.key xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg= 20" >"$keys/homes"
 
 # The shell OpenWrt runs init scripts with is busybox ash; without busybox, /bin/sh.
 rc_shell=(sh)
@@ -318,6 +325,17 @@ uci_translate() {
 	PATH=$tmp/bin:$PATH UCI_FILE=$1 UCI_DB=$tmp/uci.db PASSWD=$tmp/passwd SYSLOG=$tmp/syslog \
 		VALIDATION=$tmp/validation "${rc_shell[@]}" -c '. "$1"; . "$2"; start_service; service_triggers' \
 		sh "$tmp/stubs.sh" "$initscript"
+}
+# Runs the init script's reload_service like uci_translate against UCI file $1, procd running the instances
+# named by the other arguments.
+uci_reload() {
+	local uci_file=$1
+	shift
+	printf '%s\n' "$@" >"$tmp/running"
+	: >"$tmp/syslog"
+	# shellcheck disable=SC2016 # $1 and $2 are the inner shell's
+	PATH=$tmp/bin:$PATH UCI_FILE=$uci_file UCI_DB=$tmp/uci.db PASSWD=$tmp/passwd SYSLOG=$tmp/syslog \
+		RUNNING=$tmp/running "${rc_shell[@]}" -c '. "$1"; . "$2"; reload_service' sh "$tmp/stubs.sh" "$initscript"
 }
 expect() { # name, expected text on stdin, actual in $tmp/actual
 	diff -u - "$tmp/actual" >"$tmp/diff" || die "$1: init script output differs:
@@ -360,6 +378,7 @@ type=outside
 { data:
 enabled=bool
 listen=string
+homes=file
 key_file=file
 user=string
 max_tunnels=range(1,100000)
@@ -391,21 +410,40 @@ relay stderr 1
 relay user rutunnel
 relay file $keys/relay.key
 relay command /usr/bin/reverse-udp-tunnel --syslog --name relay -l 1234 --keyFile $keys/relay.key -n 20 --keepaliveInterval 20 --statusInterval 600 --logLevel 1
+homes respawn
+homes stderr 1
+homes user rutunnel
+homes command /usr/bin/reverse-udp-tunnel --syslog --name homes -l 1235 --homes $keys/homes --statusInterval 600
 reload_trigger reverse-udp-tunnel
 EOF
 if [ -s "$tmp/syslog" ] || [ -s "$tmp/stderr" ]; then
 	die "sample config, all enabled: logged $(cat "$tmp/syslog" "$tmp/stderr")"
 fi
-ok "sample UCI config, every section enabled: exact instances (--syslog --name SECTION, user, key file)"
+ok "sample UCI config, every section enabled: exact instances (--syslog --name SECTION, user, key file, homes)"
+
+# reload: SIGHUP to each running relay with option homes (it re-reads the file and keeps the unchanged homes'
+# tunnels), then start, for procd to restart what changed; no signal to the others, nor to one not running.
+uci_reload "$tmp/all-enabled" home game relay homes >"$tmp/actual" 2>"$tmp/stderr"
+{
+	echo "signal reverse-udp-tunnel homes HUP"
+	grep -v '^reload_trigger ' "$tmp/all-enabled.out"
+} | expect "reload, every instance running"
+uci_reload "$tmp/all-enabled" home relay >"$tmp/actual" 2>>"$tmp/stderr"
+grep -v '^reload_trigger ' "$tmp/all-enabled.out" | expect "reload, the relay of several homes not running"
+if [ -s "$tmp/syslog" ] || [ -s "$tmp/stderr" ]; then
+	die "reload: logged $(cat "$tmp/syslog" "$tmp/stderr")"
+fi
+ok "reload: SIGHUP to the running instances with option homes, then start (procd restarts what changed)"
 
 # Bad values: each such section is not started and says why in the system log (daemon.err) and on
 # stderr; good sections around them start; a disabled section is not checked. Also: enabled defaults to
-# 1, double-quoted and bare values, an outside section ignores inside-only options.
+# 1, double-quoted and bare values, an outside section ignores inside-only options, an inside one homes.
 cat >"$tmp/bad" <<EOF
 config inside 'good'
 	option service "[::1]:51820"
 	option relay relay6.example.net:1234
 	option key_file '$keys/good.key'
+	option homes '$keys/homes'
 config inside 'badlevel'
 	option service '127.0.0.1:51820'
 	option relay 'relay.example.com:1234'
@@ -442,6 +480,13 @@ config outside 'port0'
 config outside 'bign'
 	option listen '1234'
 	option max_tunnels '100001'
+config outside 'homeskey'
+	option listen '1235'
+	option homes '$keys/homes'
+	option key_file '$keys/relay.key'
+config outside 'nohomes'
+	option listen '1235'
+	option homes '$tmp/no-such-homes'
 EOF
 uci_translate "$tmp/bad" >"$tmp/bad.out" 2>"$tmp/stderr"
 cp "$tmp/bad.out" "$tmp/actual"
@@ -466,6 +511,8 @@ daemon.err reverse-udp-tunnel: nouser: option user 'nosuchuser': no such user; i
 daemon.err reverse-udp-tunnel: badlisten: option listen 'eth0' is not [ADDR:]PORT; instance not started
 daemon.err reverse-udp-tunnel: port0: option listen '0' is not [ADDR:]PORT; instance not started
 daemon.err reverse-udp-tunnel: bign: option max_tunnels '100001' is not range(1,100000); instance not started
+daemon.err reverse-udp-tunnel: homeskey: option key_file: not with option homes, whose lines name each home's key file; instance not started
+daemon.err reverse-udp-tunnel: nohomes: option homes '$tmp/no-such-homes' is not file; instance not started
 EOF
 sed 's/^daemon\.err //' "$tmp/syslog" >"$tmp/expected-stderr"
 grep -v ' validates as \| is unset and defaults to ' "$tmp/stderr" |

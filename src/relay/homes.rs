@@ -242,6 +242,38 @@ impl Relay {
         }
     }
 
+    /// Checks the relay's own promises from scratch: each home's table, and with several homes that every
+    /// address is known by one home at most and `owner` says which, exactly. Linear in the tables: for
+    /// randomized tests, after every event.
+    pub fn check(&self) -> Result<(), String> {
+        for h in &self.homes {
+            h.table.check().map_err(|e| format!("{}{e}", h.tag))?;
+        }
+        let Some(m) = self.several.as_deref() else {
+            return Ok(());
+        };
+        let mut known = 0;
+        for (i, h) in self.homes.iter().enumerate() {
+            for a in h.table.addresses() {
+                known += 1;
+                if m.owner.get(a) != Some(&i) {
+                    return Err(format!(
+                        "{}address {a} is indexed as home {:?}'s",
+                        h.tag,
+                        m.owner.get(a).map(|&o| &m.specs[o].name)
+                    ));
+                }
+            }
+        }
+        if known != m.owner.len() {
+            return Err(format!(
+                "{} addresses indexed, {known} known by the homes",
+                m.owner.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Every home, in the order of the homes file (one without `--homes`).
     pub fn homes(&self) -> &[Home] {
         &self.homes

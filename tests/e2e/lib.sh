@@ -12,6 +12,10 @@ NS_HOME=$P-home NS_HNAT=$P-hnat NS_CGN=$P-cgnat NS_NET=$P-inet NS_RELAY=$P-relay
 CLIENTS=(1 2 3 6)               # c1..c3: IPv4 clients; c6: IPv6-only client
 ALL_NS=("$NS_HOME" "$NS_HNAT" "$NS_CGN" "$NS_NET" "$NS_RELAY" "$NS_ATK")
 for _c in "${CLIENTS[@]}"; do ALL_NS+=("$P-c$_c"); done
+# The second home and its clients (homes_* scenarios only; built on first use by home2_up, see README.md).
+NS_HOME2=$P-home2 NS_HNAT2=$P-hnat2
+HOME2_NS=("$NS_HOME2" "$NS_HNAT2" "$P-c4" "$P-c5")
+HOME2_UP=""
 
 RELAY_V4=203.0.113.10 RELAY_V6=2001:db8:1::10 RELAY_NAME=relay.e2e.test RELAY_PORT=1234
 CGN_PUBLIC=198.51.100.2
@@ -21,6 +25,7 @@ KEY="e2e-secret-$RUN_ID"
 CGN_UDP_TIMEOUT=10              # baseline CG-NAT UDP conntrack timeout (s), > every keepalive used
 KA=2 CONN_TIMEOUT=20            # agents' default --keepaliveInterval / --connectionTimeout
 RELAY_ARGS=() INSIDE_ARGS=()    # extra options of a scenario (e.g. --wireguard KEY, -n 8)
+HOMES_FILE=""                   # set: the relay runs with --homes HOMES_FILE instead of -k
 
 TMPD=$(mktemp -d /tmp/rut-e2e.XXXXXX)
 SD=$TMPD                        # per-scenario log directory, set by run.sh
@@ -156,16 +161,52 @@ topo_up() {
   done
 }
 
+# The second home, behind the same CG-NAT: home2 (10.0.2.2) --- hnat2 (NAT) --- cgnat in1 (100.64.1.1); clients c4,
+# c5 on the internet router's bridge. Built once, on first use, by the scenarios that need it (the others do
+# not pay for it); torn down with the rest by topo_down.
+home2_up() {
+  local ns c
+  [[ -n $HOME2_UP ]] && return 0
+  for ns in "${HOME2_NS[@]}"; do ip netns add "$ns" && ip -n "$ns" link set lo up || return 1; done
+  veth "$NS_HOME2" eth0 "$NS_HNAT2" lan0
+  veth "$NS_HNAT2" wan0 "$NS_CGN" in1
+  nsx "$NS_HNAT2" sysctl -qw net.ipv4.ip_forward=1
+  v4only "$NS_HOME2" eth0; v4only "$NS_HNAT2" lan0; v4only "$NS_HNAT2" wan0; v4only "$NS_CGN" in1
+  addr "$NS_HOME2" eth0 10.0.2.2/24
+  ip -n "$NS_HOME2" route add default via 10.0.2.1
+  addr "$NS_HNAT2" lan0 10.0.2.1/24
+  addr "$NS_HNAT2" wan0 100.64.1.2/24
+  ip -n "$NS_HNAT2" route add default via 100.64.1.1
+  nsx "$NS_HNAT2" iptables -t nat -A POSTROUTING -o wan0 -j MASQUERADE
+  addr "$NS_CGN" in1 100.64.1.1/24          # the CG-NAT's MASQUERADE out of out0 covers this subscriber too
+  for c in 4 5; do
+    ns=$P-c$c
+    veth "$ns" eth0 "$NS_NET" "c$c"
+    ip -n "$NS_NET" link set "c$c" master br0
+    v4only "$ns" eth0
+    addr "$ns" eth0 "192.0.2.1$c/24"
+    ip -n "$ns" route add default via 192.0.2.1
+  done
+  mkdir -p "/etc/netns/$NS_HOME2"
+  cp "/etc/netns/$NS_HOME/hosts" "/etc/netns/$NS_HOME2/hosts"
+  for c in srvb srvc 4 5; do
+    (umask 077 && wg genkey >"$TMPD/keys/$c.key")
+    wg pubkey <"$TMPD/keys/$c.key" >"$TMPD/keys/$c.pub"
+  done
+  wait_until 5 ping_ok "$NS_HOME2" "$RELAY_V4" 1 || { log "home2 cannot ping the relay through both NATs"; return 1; }
+  HOME2_UP=1
+}
+
 topo_down() {
   local ns pid
-  for ns in "${ALL_NS[@]}"; do
+  for ns in "${ALL_NS[@]}" "${HOME2_NS[@]}"; do
     [[ -e /var/run/netns/$ns ]] || continue
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
   done
-  for ns in "${ALL_NS[@]}"; do
+  for ns in "${ALL_NS[@]}" "${HOME2_NS[@]}"; do
     if [[ -e /var/run/netns/$ns ]]; then ip netns del "$ns" 2>/dev/null || true; fi
   done
-  rm -rf "/etc/netns/$NS_HOME"
+  rm -rf "/etc/netns/$NS_HOME" "/etc/netns/$NS_HOME2"
   rm -f /var/run/wireguard/w"${RUN_ID}"*.sock
 }
 
@@ -204,24 +245,52 @@ wg_client_up() {
 }
 wg_client_down() { bg_stop "wg-w${RUN_ID}c$1"; }
 
+# wg_home_server NS IF ADDR KEYNAME PORT N...: a home's WireGuard server ADDR/24 on PORT, clients cN as peers
+# (each at ADDR's /24, .1N). home A's is wg_server_up's; B's and C's (homes_*) live in home2.
+wg_home_server() {
+  local ns=$1 ifc=$2 a=$3 k=$4 port=$5 c
+  shift 5
+  wg_iface "$ns" "$ifc" "$a/24" "$k" "$port" || return 1
+  for c; do
+    nsx "$ns" wg set "$ifc" peer "$(cat "$TMPD/keys/$c.pub")" allowed-ips "${a%.*}.1$c/32" || return 1
+  done
+}
+# wg_home_client N SRVKEYNAME SRV_ADDR [PERSISTENT_KEEPALIVE]: client cN of the server SRV_ADDR, Endpoint the relay.
+wg_home_client() {
+  local c=$1 ns=$P-c$1 ifc=w${RUN_ID}c$1 net=${3%.*}
+  wg_iface "$ns" "$ifc" "$net.1$c/24" "$c" || return 1
+  nsx "$ns" wg set "$ifc" peer "$(cat "$TMPD/keys/$2.pub")" endpoint "$RELAY_V4:$RELAY_PORT" \
+    allowed-ips "$net.0/24" persistent-keepalive "${4:-2}"
+}
+# wg_endpoint NS IF N: the endpoint the WireGuard interface IF has for client cN.
+wg_endpoint() {
+  nsx "$1" wg show "$2" endpoints | awk -v k="$(cat "$TMPD/keys/$3.pub")" '$1 == k { print $2 }'
+}
+
 # srv_endpoint N: the endpoint the WireGuard server currently has for client cN ("(none)" if none).
 srv_endpoint() {
   nsx "$NS_HOME" wg show "$WG_SRV_IF" endpoints | awk -v k="$(cat "$TMPD/keys/$1.pub")" '$1 == k { print $2 }'
 }
 
 # ---- the agents under test ---------------------------------------------------------------------
-relay_start() {                 # outside relay, dual stack on port 1234
-  bg_start relay "$SD/relay.log" "$NS_RELAY" "$BIN" -l "$RELAY_PORT" -k "$KEY" \
+relay_start() {                 # outside relay, dual stack on port 1234 (-k, or --homes HOMES_FILE)
+  local auth=(-k "$KEY")
+  [[ -n $HOMES_FILE ]] && auth=(--homes "$HOMES_FILE")
+  bg_start relay "$SD/relay.log" "$NS_RELAY" "$BIN" -l "$RELAY_PORT" "${auth[@]}" \
     --keepaliveInterval "$KA" --logLevel 3 "${RELAY_ARGS[@]}"
   wait_until 5 relay_listening || { log "relay is not listening on UDP $RELAY_PORT"; return 1; }
 }
 relay_listening() { alive relay && [[ -n $(nsx "$NS_RELAY" ss -Hlun "sport = :$RELAY_PORT") ]]; }
 
-inside_start() {                # inside agent on the home host
-  bg_start inside "$SD/inside.log" "$NS_HOME" "$BIN" -s "localhost:$WG_PORT" -o "$RELAY_NAME:$RELAY_PORT" \
-    -k "$KEY" --keepaliveInterval "$KA" --connectionTimeout "$CONN_TIMEOUT" --logLevel 3 "${INSIDE_ARGS[@]}"
+inside_start() { inside_agent inside "$NS_HOME" "$WG_PORT" -k "$KEY"; }   # inside agent on the home host
+# inside_agent NAME NS SERVICE_PORT KEY_OPTIONS...: an inside agent (log NAME.log) for localhost:SERVICE_PORT.
+inside_agent() {
+  local name=$1 ns=$2 port=$3
+  shift 3
+  bg_start "$name" "$SD/$name.log" "$ns" "$BIN" -s "localhost:$port" -o "$RELAY_NAME:$RELAY_PORT" \
+    "$@" --keepaliveInterval "$KA" --connectionTimeout "$CONN_TIMEOUT" --logLevel 3 "${INSIDE_ARGS[@]}"
   sleep 0.1
-  alive inside || { log "inside agent exited at once"; return 1; }
+  alive "$name" || { log "inside agent $name exited at once"; return 1; }
 }
 
 # agent_stop NAME: SIGTERM; the contract says exit 0 within 1 s. Deviations become warnings.
@@ -274,6 +343,26 @@ relay_stat() {
 stat_at_least() { local v; v=$(relay_stat "$1"); [[ -n $v ]] && ((v >= $2)); }
 # status_after N: a status line written after the first N (so it describes a moment after the caller's).
 status_after() { (($(status_lines) > $1)); }
+# With --homes: home_stat HOME FIELD, FIELD's value in home HOME's last status line ("home HOME: status: tunnels
+# ..."); HOME "-": the relay-wide line ("status: homes=N notinit=.. badmac1=.. badauth=..").
+home_status_grep() {
+  if [[ $1 == - ]]; then grep -F ' status: homes=' "$SD/relay.log" 2>/dev/null
+  else grep -F "home $1: status: tunnels" "$SD/relay.log" 2>/dev/null; fi
+}
+home_stat() {
+  home_status_grep "$1" | tail -n 1 |
+    awk -v f="$2" '{ for (i = 1; i <= NF; i++) if (index($i, f "=") == 1) print substr($i, length(f) + 2) }'
+}
+home_stat_at_least() { local v; v=$(home_stat "$1" "$2"); [[ -n $v ]] && ((v >= $3)); }
+home_status_lines() { home_status_grep "$1" | wc -l; }
+home_status_after() { (($(home_status_lines "$1") > $2)); }
+# home_stats HOME FIELD...: "FIELD=value ..." of home HOME's last status line, for messages.
+home_stats() {
+  local h=$1 f out=()
+  shift
+  for f; do out+=("$f=$(home_stat "$h" "$f")"); done
+  echo "${out[*]}"
+}
 
 # ---- the attacker (tests/e2e/wgflood.py in the attacker's namespace) ------------------------------
 WGFLOOD=$(realpath "$(dirname "${BASH_SOURCE[0]}")")/wgflood.py

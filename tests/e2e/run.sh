@@ -6,7 +6,7 @@ export LC_ALL=C
 
 SCENARIOS=(topology wg_iperf three_clients cgnat_flush cgnat_flush_wg cgnat_timeout inside_restart
   inside_restart_wg relay_restart relay_restart_wg line_outage line_outage_wg lossy_uplink loss server_restart
-  ipv6_client wg_admission)
+  ipv6_client wg_admission homes_flood homes_reload)
 
 usage() { echo "usage: $0 BINARY [SCENARIO...]   scenarios: ${SCENARIOS[*]}" >&2; exit 2; }
 [[ ${1:-} == --list ]] && { printf '%s\n' "${SCENARIOS[@]}"; exit 0; }
@@ -56,11 +56,12 @@ agents_up() {
   relay_start || { fail "relay did not start"; return 1; }
   inside_start || { fail "inside agent did not start"; return 1; }
 }
-# wg_ping N [SECONDS]: wait until client cN pings the WireGuard server through the tunnel; sets WAITED.
+# wg_ping N [SECONDS [SERVER]]: wait until client cN pings its WireGuard server (home A's by default) through the
+# tunnel; sets WAITED.
 wg_ping() {
   local t0
   t0=$(now_us)
-  wait_until "${2:-15}" ping_ok "$P-c$1" "$WG_SRV_ADDR" || fail "client c$1: no ping through the tunnel within ${2:-15} s"
+  wait_until "${2:-15}" ping_ok "$P-c$1" "${3:-$WG_SRV_ADDR}" || fail "client c$1: no ping to ${3:-$WG_SRV_ADDR} through the tunnel within ${2:-15} s"
   WAITED=$(fmt_s $(($(now_us) - t0)))
 }
 # ping_count NS DST N: answered pings out of N (0.1 s apart).
@@ -83,9 +84,11 @@ same_endpoint() {
 scenario_reset() {
   local name
   agent_stop inside
+  agent_stop inside-b
+  agent_stop inside-c
   agent_stop relay
   for name in "${!PID_OF[@]}"; do bg_stop "$name"; done
-  RELAY_ARGS=() INSIDE_ARGS=()
+  RELAY_ARGS=() INSIDE_ARGS=() HOMES_FILE=""
   nsx "$NS_CGN" iptables -F FORWARD
   nsx "$NS_HNAT" iptables -F FORWARD
   ip -n "$NS_HNAT" link set wan0 up
@@ -529,6 +532,153 @@ sc_wg_admission() {
   MSG="(a) first ping incl. handshake $rtt_a ms; (b) junk flood: c2's first ping $rtt_b ms, $b_stats,"
   MSG+=" c1 echoes $p1b; (c) mac1-valid flood: c3's first ping $rtt_c ms, $c_stats, c1 echoes $p1c;"
   MSG+=" $(tail -n 1 "$SD/flood-junk.log"); $(tail -n 1 "$SD/flood-init.log")"
+}
+
+# 13. --homes: two homes behind one relay port, each with its own inside agent (own key file), WireGuard server
+# (own key pair), home NAT router, all behind the one CG-NAT (topology: README.md). Each home has its own
+# admission: a flood for home a must not delay home b's new clients, nor a's more than a cookie round does.
+WG_SRVB_IF=w${RUN_ID}srvb WG_SRVB_ADDR=10.99.1.1                  # home b's WireGuard server, in home2, port 51820
+WG_SRVC_IF=w${RUN_ID}srvc WG_SRVC_ADDR=10.99.2.1 WG_PORT_C=51821  # homes_reload's third home c, in home2 too
+# homes_keys NAME...: a key file per home in $SD/homes (mode 600); HOMES_FILE=$SD/homes/homes.
+homes_keys() {
+  local h
+  mkdir -p "$SD/homes"
+  HOMES_FILE=$SD/homes/homes
+  for h; do
+    (umask 077 && printf 'e2e-home-%s-%s\n' "$h" "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" >"$SD/homes/$h.key")
+  done
+}
+# homes_write LINE...: HOMES_FILE, atomically (a reload never reads half of it).
+homes_write() { printf '%s\n' "$@" >"$HOMES_FILE.new" && mv -f "$HOMES_FILE.new" "$HOMES_FILE"; }
+# rtt_ms FILE: the round trip of the reply in a `ping -c 1` output (empty if none).
+rtt_ms() { awk -F'time=' '/bytes from/ { split($2, a, " "); print a[1]; exit }' "$1"; }
+replies_at_least() { (($(grep -c "bytes from" "$1") >= $2)); }  # replies_at_least PING_OUTPUT N
+log_after() { tail -n +$(($2 + 1)) "$1" | grep -qF "$3"; }      # log_after FILE LINES TEXT: TEXT after line LINES
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
+homes_two_up() {                # homes a (home, srv) and b (home2, srvb); relay --homes; both agents
+  local pka pkb
+  home2_up || { fail "the second home's namespaces did not come up"; return 1; }
+  homes_keys a b c
+  pka=$(cat "$TMPD/keys/srv.pub") pkb=$(cat "$TMPD/keys/srvb.pub")
+  homes_write "# e2e $SCEN: name, key file, WireGuard server public key, tunnels (default: the relay's -n)" \
+    "a   $SD/homes/a.key   $pka   8   # absolute key file" \
+    "" "b   b.key   $pkb              # relative to this file's folder"
+  wg_home_server "$NS_HOME2" "$WG_SRVB_IF" "$WG_SRVB_ADDR" srvb "$WG_PORT" 4 5 || { fail "home b's WireGuard server did not start"; return 1; }
+  relay_start || { fail "relay --homes did not start"; return 1; }
+  inside_agent inside "$NS_HOME" "$WG_PORT" --keyFile "$SD/homes/a.key" || { fail "home a's inside agent did not start"; return 1; }
+  inside_agent inside-b "$NS_HOME2" "$WG_PORT" --keyFile "$SD/homes/b.key" || { fail "home b's inside agent did not start"; return 1; }
+}
+
+# homes_flood: relay -n 8 (home a: 8 in its line, b: the relay's 8), inside agents -n 8. c1 (a) and c4 (b) ping;
+# then 2000 spoofed sources, 2 datagrams/s each (4000/s), taking turns: garbage, initiations with a wrong mac1
+# (valid for no home) and fresh initiations with a valid mac1 for home a. Once a answers them with cookies (it is
+# under load: 7 of its 8 tunnels busy, the flood's), new idle clients c2 (a) and c5 (b) ping at the same time.
+# b's has nothing to wait for: its first ping (handshake included) within 1 s (seen 2.6-12.6 ms). a's gets a
+# cookie reply, wireguard-go retries after 5 s (REKEY_TIMEOUT, + up to 1/3 s jitter) with mac2: within 7 s (seen
+# 5.05-5.33 s; a full a would not stop it: the flood's tunnels are unproven and older than GRACE, one is handed
+# over). Checked: the flood holds none of b's tunnels and does not put b under load (b: active=2, cookies=0).
+HOMES_FLOOD_RATE=2
+sc_homes_flood() {
+  local pka t0 n na nb a_ms b_ms a_stats b_stats w_stats p1 p4 w1 w4 h
+  RELAY_ARGS=(-n 8 --statusInterval 1) INSIDE_ARGS=(-n 8)
+  homes_two_up || return 1
+  pka=$(cat "$TMPD/keys/srv.pub")
+  for h in a b; do
+    wait_until 10 home_stat_at_least "$h" spare 1 || { fail "home $h: no spare tunnel at the relay within 10 s"; return 1; }
+  done
+  client 1 || return 1
+  wg_home_client 4 srvb "$WG_SRVB_ADDR" || { fail "client c4: wireguard-go did not start"; return 1; }
+  wg_ping 1 || return 1
+  w1=$WAITED
+  wg_ping 4 15 "$WG_SRVB_ADDR" || return 1
+  w4=$WAITED
+  probe_start p1 "$P-c1" "$WG_SRV_ADDR"
+  probe_start p4 "$P-c4" "$WG_SRVB_ADDR"
+
+  t0=$(now_us)
+  flood_start flood mixed "$HOMES_FLOOD_RATE" 60 "$pka"
+  # home a under load, answering the flood's valid initiations with cookies (every source has sent 3 times)
+  wait_until 10 home_stat_at_least a cookies 2000 || { fail "the flood did not put home a under load within 10 s ($(home_stats a active cookies))"; return 1; }
+  client 2 0 || return 1
+  wg_home_client 5 srvb "$WG_SRVB_ADDR" 0 || { fail "client c5: wireguard-go did not start"; return 1; }
+  bg_start first-c2 "$SD/first-c2.txt" "$P-c2" ping -n -c 1 -W 10 "$WG_SRV_ADDR"
+  bg_start first-c5 "$SD/first-c5.txt" "$P-c5" ping -n -c 1 -W 10 "$WG_SRVB_ADDR"
+  wait_until 12 eval '! alive first-c2 && ! alive first-c5' || { fail "the new clients' pings did not end"; return 1; }
+  a_ms=$(rtt_ms "$SD/first-c2.txt") b_ms=$(rtt_ms "$SD/first-c5.txt")
+  [[ -n $b_ms ]] || { fail "home b's new client c5 under the flood for a: no answer to its first ping within 10 s"; return 1; }
+  le "$b_ms" 1000 || { fail "home b's new client c5 under the flood for a: first ping took $b_ms ms, limit 1000"; return 1; }
+  [[ -n $a_ms ]] || { fail "home a's new client c2 under the flood for a: no answer to its first ping within 10 s"; return 1; }
+  le "$a_ms" 7000 || { fail "home a's new client c2 under the flood for a: first ping took $a_ms ms, limit 7000"; return 1; }
+  n=$(home_status_lines -) na=$(home_status_lines a) nb=$(home_status_lines b)
+  wait_until 5 eval "home_status_after - $n && home_status_after a $na && home_status_after b $nb" ||
+    { fail "no status lines of the relay after the new clients"; return 1; }
+  a_stats=$(home_stats a active waiting cookies replayed)
+  b_stats=$(home_stats b active waiting cookies replayed)
+  w_stats=$(home_stats - homes notinit badmac1 badauth)
+  bg_stop flood
+  p1=$(probe_window p1 "$t0" "$(now_us)") p4=$(probe_window p4 "$t0" "$(now_us)")
+  if [[ $(home_stat b active) != 2 || $(home_stat b waiting) != 0 || $(home_stat b cookies) != 0 ]]; then
+    fail "under the flood for a, home b has $b_stats: expected its 2 clients only, no cookies"; return 1
+  fi
+  if ! home_stat_at_least - notinit 1 || ! home_stat_at_least - badmac1 1; then
+    fail "the relay-wide drop counters did not grow: $w_stats"; return 1
+  fi
+  # c1 and c4 (proven) keep their tunnels: checked loosely, the flood competes for 2 shared cores
+  for n in "$p1" "$p4"; do
+    ((2 * ${n%/*} >= ${n#*/} && ${n#*/} > 0)) || { fail "a client lost its tunnel under the flood: echoes c1 $p1, c4 $p4"; return 1; }
+  done
+  MSG="first pings c1 (a) $w1 s, c4 (b) $w4 s; under the flood for a: b's new client c5 $b_ms ms (limit 1000),"
+  MSG+=" a's new client c2 $a_ms ms (limit 7000); home a $a_stats; home b $b_stats; relay $w_stats;"
+  MSG+=" echoes during the flood c1 $p1, c4 $p4; $(tail -n 1 "$SD/flood.log")"
+}
+
+# homes_reload: homes a and b, clients c1 (a) and c4 (b); c4 pings every 0.1 s (60 pings, 6 s) while the file
+# loses a and gains c (a third WireGuard server, in home2 on port 51821, its own inside agent and key) and the
+# relay gets SIGHUP. Then c's client c5 pings through it, a's agent is told its tunnels were dropped and c1 is cut
+# off, b is untouched: 60/60 answered, the server's endpoint for c4 unchanged (the same tunnel).
+sc_homes_reload() {
+  local pkb pkc ep4 ep4b n t0 rl w5 res tx rx
+  RELAY_ARGS=(--statusInterval 1) INSIDE_ARGS=(-n 8)
+  homes_two_up || return 1
+  pkb=$(cat "$TMPD/keys/srvb.pub") pkc=$(cat "$TMPD/keys/srvc.pub")
+  wg_home_server "$NS_HOME2" "$WG_SRVC_IF" "$WG_SRVC_ADDR" srvc "$WG_PORT_C" 5 || { fail "home c's WireGuard server did not start"; return 1; }
+  client 1 || return 1
+  wg_home_client 4 srvb "$WG_SRVB_ADDR" || { fail "client c4: wireguard-go did not start"; return 1; }
+  wg_ping 1 || return 1
+  wg_ping 4 15 "$WG_SRVB_ADDR" || return 1
+  ep4=$(wg_endpoint "$NS_HOME2" "$WG_SRVB_IF" 4)
+  loopback_ep "$ep4" || { fail "home b's server sees c4 at $ep4, not through its inside agent"; return 1; }
+  bg_start probe-b "$SD/probe-b.txt" "$P-c4" ping -n -i 0.1 -c 60 -W 1 "$WG_SRVB_ADDR"
+  wait_until 3 replies_at_least "$SD/probe-b.txt" 5 || { fail "c4's ping is not answered"; return 1; }
+  n=$(wc -l <"$SD/inside.log")
+  homes_write "# e2e $SCEN, reloaded: a removed, c added" \
+    "b   b.key   $pkb" "c   $SD/homes/c.key   $pkc   8"
+  t0=$(now_us)
+  kill -HUP "${PID_OF[relay]}"
+  wait_until 3 grep -qF "homes reloaded from $HOMES_FILE: 2 homes (added 1, removed 1, changed 0)" "$SD/relay.log" ||
+    { fail "no 'homes reloaded from $HOMES_FILE: 2 homes (added 1, removed 1, changed 0)' within 3 s of SIGHUP"; return 1; }
+  rl=$(fmt_s $(($(now_us) - t0)))   # an upper bound: the wait polls every 0.1 s
+  inside_agent inside-c "$NS_HOME2" "$WG_PORT_C" --keyFile "$SD/homes/c.key" || { fail "home c's inside agent did not start"; return 1; }
+  wg_home_client 5 srvc "$WG_SRVC_ADDR" || { fail "client c5: wireguard-go did not start"; return 1; }
+  wg_ping 5 10 "$WG_SRVC_ADDR" || { fail "home c added, but $MSG"; return 1; }
+  w5=$WAITED
+  wait_until 5 log_after "$SD/inside.log" "$n" "closed: dropped by the relay (client 192.0.2.11:" ||
+    { fail "home a removed, but its agent was not told: no 'dropped by the relay' for c1's tunnel in its log within 5 s"; return 1; }
+  ! ping_ok "$P-c1" "$WG_SRV_ADDR" 1 || { fail "home a removed, but its client c1 still reaches a's server"; return 1; }
+  wait_until 10 eval '! alive probe-b' || { fail "c4's ping did not end"; return 1; }
+  res=$(grep 'packets transmitted' "$SD/probe-b.txt")
+  tx=$(awk '{ print $1 }' <<<"$res") rx=$(awk '{ print $4 }' <<<"$res")
+  [[ $tx == 60 && $rx == 60 ]] || { fail "c4 pinged home b through the reload: ${res:-no summary}; expected 60/60"; return 1; }
+  ep4b=$(wg_endpoint "$NS_HOME2" "$WG_SRVB_IF" 4)
+  [[ $ep4b == "$ep4" ]] || { fail "home b's server sees c4 at $ep4b, before the reload at $ep4: b's tunnel was touched"; return 1; }
+  n=$(home_status_lines c)
+  wait_until 3 home_status_after c "$n" || { fail "no status line of home c"; return 1; }
+  if awk '/homes reloaded from/ { r = 1 } r && /home a: status: tunnels/ { bad = 1 } END { exit !bad }' "$SD/relay.log"; then
+    fail "home a removed, but it still has status lines"; return 1
+  fi
+  MSG="SIGHUP: reload logged within $rl s (a removed, c added); c4 (b) pinged every 0.1 s through it: $rx/$tx answered,"
+  MSG+=" b's server sees it at $ep4 still; c's client c5 pinged $w5 s after c's agent started; a's agent told"
+  MSG+=" (tunnel of c1 dropped), c1 cut off; relay $(home_stats - homes badauth), home c $(home_stats c active spare)"
 }
 
 # ---- main --------------------------------------------------------------------------------------

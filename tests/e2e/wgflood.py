@@ -12,6 +12,9 @@ initiation on the wire, and flood the relay from many spoofed IPv4 source addres
               148-byte "initiations" with a wrong mac1, and the captured initiation replayed byte for byte
         init  ARG = the server's public key (base64): fresh initiations with a valid mac1 (random bytes
               otherwise, so the server cannot decrypt them), as an attacker who knows the public key would
+      mixed ARG = one home's server public key (base64), for a relay with --homes: the sources take turns
+              sending garbage, 148-byte initiations with a wrong mac1 (valid for no home) and fresh
+              initiations with a valid mac1 for that key (as init)
       Prints one line of figures when done (or on SIGTERM).
 
 Runs inside the test's namespaces only (the caller's `ip netns exec`): the destination is a command-line
@@ -83,26 +86,49 @@ def payloads(kind, arg):
         if len(replay) != INITIATION_LEN or replay[0] != 1:
             usage("junk: ARG is not a 148-byte handshake initiation")
         return junk(rng, replay)
-    if kind == "init":
+    if kind in ("init", "mixed"):
         try:
             pk = base64.b64decode(arg, validate=True)
         except ValueError:
             pk = b""
         if len(pk) != 32:
-            usage("init: ARG is not a base64 public key of 32 bytes")
-        return initiations(rng, hashlib.blake2s(b"mac1----" + pk).digest())
+            usage(f"{kind}: ARG is not a base64 public key of 32 bytes")
+        key = hashlib.blake2s(b"mac1----" + pk).digest()
+        return initiations(rng, key) if kind == "init" else mixed(rng, initiations(rng, key))
     usage(f"unknown flood kind: {kind}")
+
+
+def garbage(rng):
+    """Neither an initiation nor control-shaped (first byte 0x80..0xfe), of random length."""
+    return bytes([rng.randrange(0x80, 0xff)]) + rng.randbytes(rng.randrange(7, 300))
+
+
+def bad_mac1(rng):
+    """Looks like an initiation, but the mac1 is wrong (for every key, but with chance 2^-128)."""
+    return b"\x01\x00\x00\x00" + rng.randbytes(INITIATION_LEN - 4)
 
 
 def junk(rng, replay):
     n = 0
     while True:
-        if n % 3 == 0:  # garbage: neither an initiation nor control-shaped (first byte 0x80..0xfe)
-            yield bytes([rng.randrange(0x80, 0xff)]) + rng.randbytes(rng.randrange(7, 300))
-        elif n % 3 == 1:  # looks like an initiation, but the mac1 is wrong
-            yield b"\x01\x00\x00\x00" + rng.randbytes(INITIATION_LEN - 4)
+        if n % 3 == 0:
+            yield garbage(rng)
+        elif n % 3 == 1:
+            yield bad_mac1(rng)
         else:  # the real initiation, replayed
             yield replay
+        n += 1
+
+
+def mixed(rng, valid):
+    n = 0
+    while True:
+        if n % 3 == 0:
+            yield garbage(rng)
+        elif n % 3 == 1:
+            yield bad_mac1(rng)
+        else:  # fresh, with a valid mac1 for the one key
+            yield next(valid)
         n += 1
 
 

@@ -111,6 +111,7 @@ pub struct SimInside {
     pub identity: Arc<Identity>,
     pub tunnels: Vec<SimTunnel>,
     next_id: u32,
+    key: Key,
 }
 
 impl SimInside {
@@ -121,10 +122,16 @@ impl SimInside {
 
     /// An agent that says `shared` in every message.
     pub fn saying(instance: u8, shared: Shared) -> SimInside {
+        SimInside::with_key(KEY, instance, shared)
+    }
+
+    /// An agent with its own key (one home of several).
+    pub fn with_key(key: &[u8], instance: u8, shared: Shared) -> SimInside {
         SimInside {
-            identity: Arc::new(Identity::new(KEY, Instance([instance; 16]), shared)),
+            identity: Arc::new(Identity::new(key, Instance([instance; 16]), shared)),
             tunnels: Vec::new(),
             next_id: 1,
+            key: Key::new(key),
         }
     }
 
@@ -178,8 +185,7 @@ impl SimInside {
     /// Drops close the tunnel; a fresh ack says whether it carries a client and which (the agent does not
     /// learn it from anything else here, so its claims are only what the relay said).
     pub fn receive(&mut self, to: SocketAddr, data: &[u8]) -> Option<(u32, [u8; LEN])> {
-        let key = Key::new(KEY);
-        let msg = key.open(data).ok()?;
+        let msg = self.key.open(data).ok()?;
         if msg.instance != self.instance() {
             return None;
         }
@@ -261,7 +267,12 @@ impl SimRelay {
         let challenge = only(&out, addr);
         let (_, response) = inside.receive(addr, &challenge).expect("a challenge");
         let (_, out) = self.send(addr, &response);
-        assert_eq!(kind_of(&only(&out, addr)), Some(Kind::Ack), "registered");
+        let ack = only(&out, addr);
+        assert_eq!(
+            inside.key.open(&ack).ok().map(|m| m.kind),
+            Some(Kind::Ack),
+            "registered"
+        );
         id
     }
 }
