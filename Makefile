@@ -31,6 +31,7 @@ e2e: build
 
 bench:
 	$(CARGO) bench --bench tunnel
+	$(CARGO) bench --bench homes
 
 # The randomized invariant tests on new seeds from the clock, RUNS times each; stops at the first failure, whose
 # message gives the seed to replay (RUT_SEED=N) and, for the relay, the world to keep in REGRESSIONS. CI runs them on a fixed seed only, so it never fails by chance.
@@ -66,10 +67,15 @@ triple     = $(or $(TRIPLE.$*),$(error unknown architecture "$*": one of $(ARCHE
 
 static: $(addprefix static-,$(TARGETS))
 
+# MIPS: LLVM writes a .pdr section (procedure descriptors for old debuggers, never loaded) that the linker's
+# --strip-all keeps: 89 KiB of the 550. llvm-objcopy, from `rustup component add llvm-tools`, removes it.
+OBJCOPY = $(shell rustc --print sysroot)/lib/rustlib/$(shell rustc -vV | sed -n 's/^host: //p')/bin/llvm-objcopy
 static-%:
 	$(ZIGBUILD) zigbuild --release --bin $(BIN) --target $(triple) $(BUILD_STD)
 	mkdir -p $(TARGET_DIR)/static
 	cp $(TARGET_DIR)/$(triple)/release/$(BIN) $(TARGET_DIR)/static/$(BIN)-$*
+	case $* in mips*) test -x $(OBJCOPY) || { echo "no llvm-objcopy: rustup component add llvm-tools" >&2; exit 1; }; \
+		$(OBJCOPY) --remove-section=.pdr $(TARGET_DIR)/static/$(BIN)-$*;; esac
 
 # examples/panic_probe built like the static binaries (tests/packaging.sh: a panic still says where).
 panic-probe-%:

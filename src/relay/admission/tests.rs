@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::wire::wireguard::tests::{unhex, INITIATION1, INITIATION2, PUBLIC_KEY, REPLY};
-use crate::wire::wireguard::{client_open_cookie, receiver_index, INITIATION_LEN};
+use crate::wire::wireguard::{client_open_cookie, receiver_index, INITIATION_LEN, LABEL_MAC1};
 
 const SOURCE: &str = "127.0.0.1:51820";
 const SEED: [u8; 32] = *b"reverse-udp-tunnel test seed 32b";

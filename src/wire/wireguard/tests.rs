@@ -118,3 +118,25 @@ fn public_key_base64() {
         "not 32 bytes (it decodes to 3)"
     );
 }
+
+#[test]
+fn the_prekeyed_mac1_check_agrees_with_the_plain_keyed_hash() {
+    let pk = PublicKey::from_base64("HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=").unwrap();
+    let other = PublicKey::from_base64("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=").unwrap();
+    let check = Mac1Check::new(&pk);
+    for n in 0..64u8 {
+        let mut m = [n; INITIATION_LEN];
+        m[0] = 1;
+        m[1..4].copy_from_slice(&[0, 0, 0]);
+        client_macs(&pk, &mut m, None);
+        assert!(check.verifies(&m), "message {n}");
+        assert_eq!(
+            mac(&hash(LABEL_MAC1, &pk.0), &m[field::MAC1_COVERS]),
+            m[field::MAC1]
+        );
+        assert!(!Mac1Check::new(&other).verifies(&m));
+        let mut flipped = m;
+        flipped[usize::from(n) % 132] ^= 1;
+        assert!(!check.verifies(&flipped), "flipped byte {}", n % 132);
+    }
+}
