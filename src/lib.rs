@@ -4,11 +4,12 @@
 //! send; thin socket loops around them move the bytes.
 //!
 //! - [`wire`]: what both sides parse — the control messages byte by byte, WireGuard's message formats.
-//! - [`relay`]: the relay core (`Relay`: control messages, admission, its table) and its socket loop.
+//! - [`relay`]: the relay core (`Relay`: one home or several behind one port; `Home`: one home's control
+//!   messages, admission, its table) and its socket loop.
 //! - [`inside`]: the inside agent's core (`Coordinator`), its run identity, the shell that performs the
 //!   core's actions, one thread per tunnel.
 //! - [`sys`]: everything that touches libc — batched sockets, mapped buffers, signals, logging.
-//! - [`cli`]: the command line. [`addr`], [`pace`], [`stats`]: small types both sides share.
+//! - [`cli`]: the command line and the homes file. [`addr`], [`pace`], [`stats`]: small types both sides share.
 //!
 //! `relay` and `inside` never import each other; `wire` and the shared types import neither; `unsafe` is
 //! allowed only under `sys`.
@@ -28,7 +29,7 @@ use cli::{Config, Role};
 
 /// Run an agent until a signal stops it. The error is one line for the log; the process then exits 1.
 pub fn run(cfg: Config) -> Result<(), String> {
-    if cfg.key.is_empty() {
+    if cfg.key.is_empty() && cfg.homes.is_none() {
         log::warn!("no key (-k, --keyFile or REVERSE_UDP_TUNNEL_KEY): anyone who can reach the relay can hijack tunnels");
     }
     match cfg.role.clone() {

@@ -120,6 +120,7 @@ fn each_client_reaches_the_home_whose_server_key_its_initiation_is_for() {
     );
     relay.wait_for_log("home a: spare tunnel", SOON);
     relay.wait_for_log("home b: spare tunnel", SOON);
+    assert!(!relay.log().contains("no key"), "every home has its key");
 
     let c1 = Client::new(addr);
     assert!(served(&c1, &initiation(KEY_A, 1)), "A's client served");

@@ -66,6 +66,7 @@ pub fn parse(
     key_of: &mut dyn FnMut(&str) -> Result<Vec<u8>, String>,
 ) -> Result<Vec<HomeSpec>, String> {
     let mut homes: Vec<(usize, HomeSpec)> = Vec::new();
+    let mut ids = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let at = i + 1;
         let fail = |what: String| format!("{path}:{at}: {what}");
@@ -108,11 +109,9 @@ pub fn parse(
         if let Some(o) = homes.iter().find(|(_, h)| h.name == name) {
             return Err(fail(format!("home {name} is already on line {}", o.0)));
         }
-        if let Some(o) = homes
-            .iter()
-            .find(|(_, h)| Key::new(&h.key).id() == Key::new(&key).id())
-        {
-            return Err(same("key", o));
+        let id = Key::new(&key).id();
+        if let Some(i) = ids.iter().position(|&o| o == id) {
+            return Err(same("key", &homes[i]));
         }
         if let Some(o) = homes.iter().find(|(_, h)| h.server == server) {
             return Err(same("server public key", o));
@@ -120,6 +119,7 @@ pub fn parse(
         if homes.len() == MAX_HOMES {
             return Err(fail(format!("more than {MAX_HOMES} homes")));
         }
+        ids.push(id);
         homes.push((
             at,
             HomeSpec {

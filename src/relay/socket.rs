@@ -114,10 +114,7 @@ fn reload(
     out: &mut Vec<Transmit>,
 ) {
     match crate::cli::homes::read(path, max_tunnels) {
-        Err(e) => error!(
-            "SIGHUP: {e}; keeping the {} running homes",
-            relay.homes().len()
-        ),
+        Err(e) => error!("{e}; keeping the {} running homes", relay.homes().len()),
         Ok((specs, warnings)) => {
             warnings.iter().for_each(|w| warn!("{w}"));
             let n = specs.len();

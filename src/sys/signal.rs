@@ -4,9 +4,9 @@
 //!
 //! - SIGTERM, SIGINT: [`Signal::Terminate`]; the agent exits cleanly.
 //! - SIGUSR1: [`Signal::Status`]; the agent logs its status line (and tunnel table), at every log level.
-//! - SIGHUP: [`Signal::Reload`]; logged ([`RELOAD_IGNORED`]) and otherwise ignored. Re-reading the key is not
-//!   worth it: the key lives in several threads. procd's `reload` restarts an instance whose settings or key
-//!   file changed; the systemd units offer no reload, `systemctl restart` it is.
+//! - SIGHUP: [`Signal::Reload`]. A relay with `--homes` re-reads its homes file (relay/socket.rs); otherwise
+//!   logged ([`RELOAD_IGNORED`]) and ignored: re-reading the key is not worth it, the key lives in several
+//!   threads. procd's `reload` restarts an instance whose settings or key file changed.
 //!
 //! Neither SIGUSR1 nor SIGHUP ends the process: main blocks them first thing ([`block`]), so their default
 //! action (terminate) never happens; one that comes before [`watch`] waits for it.
@@ -18,7 +18,7 @@ pub enum Signal {
     Terminate(&'static str),
     /// SIGUSR1: log the status line.
     Status,
-    /// SIGHUP: log [`RELOAD_IGNORED`], nothing else.
+    /// SIGHUP: re-read the homes file (`--homes`), or log [`RELOAD_IGNORED`].
     Reload,
 }
 
