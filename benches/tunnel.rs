@@ -19,6 +19,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -208,6 +209,8 @@ fn run() -> Res<()> {
         t.stop();
     }
 
+    let metrics = metrics_phase(&bin, echo.addr, &logs)?;
+
     let mut out = format!("{head}\nload average at the end: {}\n{cmds}\n", loadavg());
     table(
         &mut out,
@@ -218,6 +221,7 @@ fn run() -> Res<()> {
         &bursts,
         &mem.unwrap(),
     );
+    out.push_str(&metrics);
     for (name, (status, took)) in ["relay", "inside"].iter().zip(stops) {
         let _ = writeln!(
             out,
@@ -230,6 +234,101 @@ fn run() -> Res<()> {
 }
 
 const PATH: [&str; 2] = ["direct", "tunnel"];
+
+/// The loads of the metrics phase, and how often its scraper reads both agents' `/metrics` (far more often than
+/// a Prometheus server would: every scrape is a round trip through the relay's loop and the coordinator).
+const METRICS_LOADS: [Load; 2] = [Load::new(16, PAYLOAD, 8), Load::new(1, BULK, 32)];
+const SCRAPE_EVERY: Duration = Duration::from_millis(100);
+
+/// Phase 3: the same tunnel without and with `--metrics` on both agents (scraped every 100 ms), interleaved,
+/// REPS times: the rate with metrics over the rate without, for the table.
+fn metrics_phase(bin: &str, echo: SocketAddr, logs: &Path) -> Res<String> {
+    let off = Tunnel::start(bin, echo, logs, "metrics-off")?;
+    let on = Tunnel::start_with(bin, echo, logs, "metrics-on", &["--metrics", "127.0.0.1:0"])?;
+    let ends: Vec<SocketAddr> = [&on.relay.log, &on.inside.log]
+        .iter()
+        .map(|l| metrics_addr(l))
+        .collect::<Res<_>>()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(Relaxed) {
+                for &at in &ends {
+                    match scrape(at) {
+                        Some(_) => ok += 1,
+                        None => failed += 1,
+                    }
+                }
+                thread::sleep(SCRAPE_EVERY);
+            }
+            (ok, failed)
+        })
+    };
+    let max = METRICS_LOADS.iter().map(|l| l.clients).max().unwrap();
+    let pools = [client_pool(off.addr, max)?, client_pool(on.addr, max)?];
+    let mut rates = vec![[Vec::new(), Vec::new()]; METRICS_LOADS.len()];
+    for rep in 1..=REPS {
+        for (i, &load) in METRICS_LOADS.iter().enumerate() {
+            for (k, (t, pool)) in [&off, &on].into_iter().zip(&pools).enumerate() {
+                let me = std::process::id();
+                let r = rate_run(&pool[..load.clients], &[me, t.relay.pid(), t.inside.pid()], load, None);
+                println!(
+                    "rep {rep} metrics {:3} {:34} {:9.0} rt/s",
+                    ["off", "on"][k],
+                    load.name(),
+                    r.per_sec
+                );
+                rates[i][k].push(r.per_sec);
+            }
+        }
+    }
+    stop.store(true, Relaxed);
+    let (ok, failed) = scraper.join().map_err(|_| "the scraper panicked")?;
+    off.stop();
+    on.stop();
+    let mut out = format!(
+        "\nmetrics: both agents with --metrics, scraped every {} ms ({ok} scrapes answered, {failed} not), against \
+         the same without; median of {REPS}:\n",
+        SCRAPE_EVERY.as_millis()
+    );
+    for (load, [off, on]) in METRICS_LOADS.iter().zip(rates) {
+        let (off, on) = (median(&off), median(&on));
+        let _ = writeln!(
+            out,
+            "  {:34} off {off:9.0} rt/s, on {on:9.0} rt/s: on/off {:.3}",
+            load.name(),
+            on / off
+        );
+    }
+    Ok(out)
+}
+
+/// Where an agent serves its metrics, from the line its log says it in.
+fn metrics_addr(log: &Path) -> Res<SocketAddr> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.split("metrics at http://").nth(1) {
+            let a = rest.split("/metrics").next().unwrap_or_default();
+            return a.parse().map_err(|e| format!("{a}: {e}"));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("{}: no metrics address", log.display()))
+}
+
+/// One scrape: the body of a 200 answer.
+fn scrape(at: SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&at, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    r.starts_with("HTTP/1.1 200").then_some(r)
+}
 
 // ---------------------------------------------------------------------------------------------- setup
 
@@ -484,6 +583,17 @@ impl Tunnel {
     /// Relay on a free ephemeral port (retried if another process grabs it first), then the inside agent;
     /// ready once a probe datagram echoes through the tunnel (deadline 10 s).
     fn start(bin: &str, echo: SocketAddr, logs: &Path, tag: &str) -> Res<Tunnel> {
+        Tunnel::start_with(bin, echo, logs, tag, &[])
+    }
+
+    /// The same with `extra` options for both agents.
+    fn start_with(
+        bin: &str,
+        echo: SocketAddr,
+        logs: &Path,
+        tag: &str,
+        extra: &[&str],
+    ) -> Res<Tunnel> {
         let mut last_err = String::new();
         for attempt in 1..=3 {
             let port = bind_loopback()
@@ -491,7 +601,8 @@ impl Tunnel {
                 .map_err(|e| e.to_string())?
                 .port();
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let common = ["-n", MAX_TUNNELS, "-k", KEY].map(String::from);
+            let mut common = ["-n", MAX_TUNNELS, "-k", KEY].map(String::from).to_vec();
+            common.extend(extra.iter().map(|a| a.to_string()));
             let mut relay_args = vec!["-l".to_string(), addr.to_string()];
             relay_args.extend(common.clone());
             let mut inside_args = vec![

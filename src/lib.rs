@@ -9,7 +9,8 @@
 //! - [`inside`]: the inside agent's core (`Coordinator`), its run identity, the shell that performs the
 //!   core's actions, one thread per tunnel.
 //! - [`sys`]: everything that touches libc — batched sockets, mapped buffers, signals, logging.
-//! - [`cli`]: the command line and the homes file. [`addr`], [`pace`], [`stats`]: small types both sides share.
+//! - [`cli`]: the command line and the homes file. [`addr`], [`pace`], [`stats`], [`metrics`]: small types both
+//!   sides share (the last is the text `--metrics` serves).
 //!
 //! `relay` and `inside` never import each other; `wire` and the shared types import neither; `unsafe` is
 //! allowed only under `sys`.
@@ -19,6 +20,7 @@
 pub mod addr;
 pub mod cli;
 pub mod inside;
+pub mod metrics;
 pub mod pace;
 pub mod relay;
 pub mod stats;
@@ -34,9 +36,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     match cfg.role.clone() {
         Role::Outside { host, port } => relay::socket::run(&cfg, host.as_deref(), port),
-        Role::Inside { service, relay } => {
-            inside::run(cfg, service, relay);
-            Ok(())
-        }
+        Role::Inside { service, relay } => inside::run(cfg, service, relay),
     }
 }

@@ -594,13 +594,13 @@ check_file /etc/config/$BIN 600 "$uci_sample"
 fields="SECTION=net CATEGORY=Network DEPENDS=@(aarch64||arm||mips||mipsel||x86_64) USERID=rutunnel:rutunnel"
 [ "$(cat "$tmp/stub-out/fields")" = "$fields" ] ||
 	die "package fields: $(cat "$tmp/stub-out/fields")"
-[ ! -e "$top/build_dir/$BIN-1.1.0/target" ] || die "the local tree was unpacked with its target/"
+[ ! -e "$top/build_dir/$BIN-1.2.0/target" ] || die "the local tree was unpacked with its target/"
 ok "$pkg_mk (SDK stand-ins): binary, init script, UCI config (0600, a conffile), keep.d, user rutunnel"
 
 quiet make -C openwrt -s TOPDIR="$top" STUB_OUT="$tmp/stub-out" STUB_ROOT="$tmp/pkgroot-git" \
 	STUB_BINARY="$PWD/$RELEASE" RUT_GIT_URL=https://git.example.org/rut.git -n stub-install
-[ "$(cat "$tmp/stub-out/source")" = "git https://git.example.org/rut.git v1.1.0" ] ||
-	die "RUT_GIT_URL does not make a git source at tag v1.1.0: $(cat "$tmp/stub-out/source")"
+[ "$(cat "$tmp/stub-out/source")" = "git https://git.example.org/rut.git v1.2.0" ] ||
+	die "RUT_GIT_URL does not make a git source at tag v1.2.0: $(cat "$tmp/stub-out/source")"
 ok "$pkg_mk: RUT_GIT_URL fetches the project's git at tag v\$(PKG_VERSION) instead of the local tree"
 
 # ---------------------------------------------------------------- static binaries

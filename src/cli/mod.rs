@@ -47,6 +47,8 @@ pub struct Config {
     pub wireguard: Option<crate::wire::wireguard::PublicKey>,
     /// `--homes FILE`: the file, and the homes it listed at start.
     pub homes: Option<(String, Vec<HomeSpec>)>,
+    /// `--metrics ADDR:PORT`: where to serve Prometheus metrics.
+    pub metrics: Option<HostPort>,
 }
 
 impl Config {
@@ -192,6 +194,19 @@ fn parse_args(args: &[OsString], env_key: Option<OsString>) -> Result<Command, S
             None => None,
         },
         homes,
+        metrics: match m.opt_str("metrics") {
+            // Port 0 is allowed here: any free port, which the log then names (for tests).
+            Some(t) => Some(
+                match t.strip_suffix(":0") {
+                    Some(h) => {
+                        parse_host_port(&format!("{h}:1")).map(|hp| HostPort { port: 0, ..hp })
+                    }
+                    None => parse_host_port(&t),
+                }
+                .map_err(|e| format!("--metrics {t}: {e}"))?,
+            ),
+            None => None,
+        },
     };
     Ok(Command::Run(cfg, warnings))
 }

@@ -57,6 +57,7 @@ pub(super) const OPTIONS: &[Opt] = &[
     opt("", "name", Some("NAME"), Both, "instance name, put in front of every log line (up to 32 characters)"),
     opt("", "wireguard", Some("PUBLIC_KEY"), Outside, "admit only WireGuard handshakes for this server public key\n(base64, as in the clients' [Peer] PublicKey)"),
     opt("", "homes", Some("FILE"), Outside, "serve several homes on this port, one a line of FILE:\nNAME KEYFILE WIREGUARD_PUBLIC_KEY [TUNNELS]; SIGHUP re-reads it"),
+    opt("", "metrics", Some("ADDR:PORT"), Both, "serve Prometheus metrics at http://ADDR:PORT/metrics,\ne.g. 127.0.0.1:9901 (default: off)"),
     opt("", "syslog", None, Both, "log to the system log (/dev/log) instead of standard error"),
     opt("h", "help", None, Both, "show this help"),
     opt("V", "version", None, Both, "show the version"),

@@ -15,8 +15,10 @@ pub use identity::Identity;
 
 use crate::addr::HostPort;
 use crate::cli::Config;
+use crate::metrics::{self, Metrics};
 use crate::pace::Every;
 use crate::stats::Drops;
+use crate::sys::http;
 use crate::sys::logging;
 use crate::sys::random::random_bytes;
 use crate::sys::signal::{self, Signal as Sig};
@@ -35,6 +37,8 @@ enum Wake {
     Shutdown(&'static str),
     /// SIGUSR1: log the status line and the tunnel table.
     Status,
+    /// A scrape of `--metrics`: send the rendered text here.
+    Metrics(Sender<String>),
 }
 
 /// Run the coordinator until a shutdown arrives on `wakes` (`wake` is its sender, for the threads it starts).
@@ -68,6 +72,7 @@ fn coordinate(
     if let Some(s) = status.as_mut() {
         s.start(now);
     }
+    let start = metrics::unix_now();
     let mut shell = Shell::new(cfg, identity, drops, service, relay, wake);
     let mut actions = Vec::new();
     core.start(now, &mut actions);
@@ -89,6 +94,14 @@ fn coordinate(
                     .for_each(|l| logging::status(l));
                 None
             }
+            Ok(Wake::Metrics(reply)) => {
+                let mut m = Metrics::default();
+                shell.traffic().write(&mut m, &[]);
+                core.metrics(&mut m);
+                metrics::process(&mut m, start);
+                let _ = reply.send(m.render());
+                None
+            }
             Ok(Wake::Shutdown(sig)) => {
                 logging::status(&core.status());
                 core.shutdown(sig, &mut actions);
@@ -106,9 +119,18 @@ fn coordinate(
     }
 }
 
-pub fn run(cfg: Config, service: HostPort, relay: HostPort) {
+/// Run the inside agent until a signal stops it; the error (`--metrics` cannot listen) is one line for the log.
+pub fn run(cfg: Config, service: HostPort, relay: HostPort) -> Result<(), String> {
     net::raise_fd_limit();
     let (tx, rx) = unbounded();
+    if let Some(at) = &cfg.metrics {
+        let scrapes = tx.clone();
+        let bound = http::serve_metrics(
+            at,
+            Box::new(move |reply| scrapes.send(Wake::Metrics(reply)).is_ok()),
+        )?;
+        info!("metrics at http://{bound}/metrics");
+    }
     let signals = tx.clone();
     signal::watch(move |sig| {
         let _ = match sig {
@@ -121,4 +143,5 @@ pub fn run(cfg: Config, service: HostPort, relay: HostPort) {
         };
     });
     coordinate(cfg, service, relay, tx, rx);
+    Ok(())
 }

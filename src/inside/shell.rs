@@ -9,8 +9,9 @@ use crate::inside::coordinator::{Action, Coordinator, Input, Name};
 use crate::inside::identity::Identity;
 use crate::inside::tunnel::{Mailbox, TunnelThread};
 use crate::inside::Wake;
+use crate::metrics::Traffic;
 use crate::pace;
-use crate::stats::Drops;
+use crate::stats::{Drops, Tally};
 use crate::sys::random::random_bytes;
 use crate::sys::socket as net;
 use crossbeam_channel::Sender;
@@ -29,6 +30,7 @@ struct OpenTunnel {
     sock: Arc<UdpSocket>,
     v6: bool,
     mailbox: Arc<Mailbox>,
+    tally: Arc<Tally>,
 }
 
 pub(super) struct Shell {
@@ -40,6 +42,10 @@ pub(super) struct Shell {
     relay_name: HostPort,
     wake: Sender<Wake>,
     open: HashMap<u32, OpenTunnel>,
+    /// Tallies of stopped tunnels whose thread may still be ending its last batch, and the sum of those that
+    /// ended: every datagram counted once, however its tunnel ends.
+    draining: Vec<Arc<Tally>>,
+    ended: Traffic,
 }
 
 impl Shell {
@@ -59,7 +65,31 @@ impl Shell {
             relay_name,
             wake,
             open: HashMap::new(),
+            draining: Vec::new(),
+            ended: Traffic::default(),
         }
+    }
+
+    /// What every tunnel forwarded so far (for `--metrics`).
+    pub(super) fn traffic(&mut self) -> Traffic {
+        let ended = &mut self.ended;
+        self.draining.retain(|t| {
+            // Finished first, then read: the read sees the thread's last publish.
+            let done = t.finished();
+            if done {
+                ended.add(&t.read());
+            }
+            !done
+        });
+        let mut sum = self.ended;
+        for t in self
+            .draining
+            .iter()
+            .chain(self.open.values().map(|o| &o.tally))
+        {
+            sum.add(&t.read());
+        }
+        sum
     }
 
     /// Perform the coordinator's actions; failures to open are fed back at once.
@@ -96,6 +126,7 @@ impl Shell {
                 Action::Stop { id } => {
                     if let Some(o) = self.open.remove(id) {
                         o.mailbox.stop();
+                        self.draining.push(o.tally);
                     }
                 }
                 Action::Resolve(name) => self.resolve(*name),
@@ -117,6 +148,7 @@ impl Shell {
         let v6 = bound.is_ipv6();
         let local = net::source_toward(service, bound.port());
         let mailbox = Arc::new(Mailbox::default());
+        let tally = Arc::new(Tally::default());
         let jitter =
             0.8 + 0.4 * f64::from(u32::from_le_bytes(random_bytes())) / f64::from(u32::MAX);
         TunnelThread {
@@ -135,10 +167,19 @@ impl Shell {
             },
             mailbox: mailbox.clone(),
             drops: self.drops.clone(),
+            tally: tally.clone(),
         }
         .spawn()?;
         debug!("tunnel {id} opened on port {}", bound.port());
-        self.open.insert(id, OpenTunnel { sock, v6, mailbox });
+        self.open.insert(
+            id,
+            OpenTunnel {
+                sock,
+                v6,
+                mailbox,
+                tally,
+            },
+        );
         Ok(local)
     }
 

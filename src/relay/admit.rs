@@ -130,6 +130,7 @@ impl Home {
         let limit = self.limit();
         if self.table.busy() >= limit {
             if let Some(dst) = self.reclaim(now, src) {
+                self.forwarded_in(data.len());
                 return Some(dst);
             }
             self.drops.refused.incr();
@@ -151,7 +152,13 @@ impl Home {
             false => self.table.take_spare(),
         };
         match spare {
-            Some(t) => self.assign(now, src, t),
+            Some(t) => {
+                let dst = self.assign(now, src, t);
+                if dst.is_some() {
+                    self.forwarded_in(data.len());
+                }
+                dst
+            }
             None => {
                 if !self.table.hold(src, data, now) {
                     self.drops.overflow.incr();
@@ -234,6 +241,7 @@ impl Home {
                 .take_spare()
                 .and_then(|s| self.assign(now, client, s))
             {
+                held.iter().for_each(|d| self.forwarded_in(d.len()));
                 out.extend(held.into_iter().map(|data| Transmit { to: dst, data }));
             }
         }

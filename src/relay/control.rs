@@ -288,6 +288,7 @@ impl Home {
             addr::shown(c),
             self.table.active()
         );
+        held.iter().for_each(|d| self.forwarded_in(d.len()));
         out.extend(held.into_iter().map(|data| Transmit { to: src, data }));
         self.run.check_recovery(now, self.table.active());
         self.ack(src, msg, t, out);
@@ -382,7 +383,11 @@ impl Home {
             addr::shown(src)
         );
         match tun.client {
-            Some(c) => out.extend(held.into_iter().map(|data| Transmit { to: c, data })),
+            Some(c) => {
+                self.traffic.out_datagrams += held.len() as u64;
+                self.traffic.out_bytes += held.iter().map(|d| d.len() as u64).sum::<u64>();
+                out.extend(held.into_iter().map(|data| Transmit { to: c, data }));
+            }
             None => self.drops.unrouted.add(held.len() as u64),
         }
         self.drop_displaced(now, displaced, out);

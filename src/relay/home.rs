@@ -3,9 +3,11 @@
 //! home's agent or attacker does reaches no other home's state (homes.rs routes between them).
 
 use super::{
-    say, Admission, Admissions, Settings, Transmit, AUTHFAIL_NOTICE_EVERY, GRACE, WAIT_FOR_SPARE,
+    say, Admission, Admissions, Settings, Transmit, ADMISSION, ADMISSION_HELP,
+    AUTHFAIL_NOTICE_EVERY, DROPPED, DROPPED_HELP, GRACE, TUNNELS, TUNNELS_HELP, WAIT_FOR_SPARE,
 };
 use crate::addr;
+use crate::metrics::{Metrics, Traffic};
 use crate::pace::{Every, Once};
 use crate::relay::cookies::{Cookies, COOKIE_LIFETIME};
 use crate::relay::inside_run::InsideRun;
@@ -44,6 +46,8 @@ pub struct Home {
     /// Strangers reclaim tunnels at this pace at most, so the tunnels' ages spread and newcomers find one.
     pub(super) stranger_pace: Every,
     pub(super) wireguard: Option<Admission>,
+    /// What this home forwarded, each way (for `--metrics`): plain integers, this thread's alone.
+    pub(super) traffic: Traffic,
 }
 
 impl Home {
@@ -70,6 +74,7 @@ impl Home {
             strangers: Strangers::default(),
             stranger_pace: Every::new(2 * GRACE / settings.max_tunnels.clamp(1, 1 << 20) as u32),
             wireguard: None,
+            traffic: Traffic::default(),
             settings,
         }
     }
@@ -79,6 +84,17 @@ impl Home {
     pub fn with_wireguard(mut self, admission: Admission) -> Home {
         self.wireguard = Some(admission);
         self
+    }
+
+    /// A datagram of `len` bytes forwarded from a client toward the service.
+    pub(super) fn forwarded_in(&mut self, len: usize) {
+        self.traffic.in_datagrams += 1;
+        self.traffic.in_bytes += len as u64;
+    }
+
+    /// What this home forwarded so far.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
     }
 
     /// A new -n (the homes file changed): tunnels beyond it stay; new clients wait until fewer are busy.
@@ -123,9 +139,14 @@ impl Home {
         out: &mut Vec<Transmit>,
     ) -> Option<SocketAddr> {
         match self.table.route(&src) {
-            Route::To(dst) => Some(dst),
+            Route::To(dst) => {
+                self.forwarded_in(data.len());
+                Some(dst)
+            }
             Route::Answer(dst, t) => {
                 self.table.answered(t, now);
+                self.traffic.out_datagrams += 1;
+                self.traffic.out_bytes += data.len() as u64;
                 Some(dst)
             }
             Route::Hold => {
@@ -233,6 +254,52 @@ impl Home {
                 )
             })
             .collect()
+    }
+
+    /// This home's samples for `--metrics`; `home`: its name, with several homes.
+    pub fn metrics(&self, m: &mut Metrics, home: Option<&str>) {
+        let base: Vec<(&str, &str)> = home.map(|h| ("home", h)).into_iter().collect();
+        let with = |k: &'static str, v: &'static str| {
+            let mut l = base.clone();
+            l.push((k, v));
+            l
+        };
+        self.traffic.write(m, &base);
+        for (state, n) in [
+            ("active", self.table.active()),
+            ("spare", self.table.spares()),
+            ("waiting", self.table.waiting()),
+        ] {
+            m.gauge(TUNNELS, TUNNELS_HELP, &with("state", state), n as f64);
+        }
+        let d = &self.drops;
+        let a = &self.admissions;
+        for (reason, n) in [
+            ("refused", d.refused.get()),
+            ("foreign", d.foreign.get()),
+            ("badauth", d.badauth.get()),
+            ("unrouted", d.unrouted.get()),
+            ("overflow", d.overflow.get()),
+            ("senderr", d.senderr.get()),
+            ("forged", a.forged),
+        ] {
+            m.counter(DROPPED, DROPPED_HELP, &with("reason", reason), n);
+        }
+        let mut verdicts = vec![("reclaimed", a.reclaimed), ("restored", a.restored)];
+        if self.wireguard.is_some() {
+            verdicts.extend([
+                ("replayed", a.replayed),
+                ("cookies", a.cookies),
+                ("remembered", a.remembered),
+            ]);
+            // With several homes what no home took is the relay's (homes.rs).
+            if home.is_none() {
+                verdicts.extend([("notinit", a.not_initiation), ("badmac1", a.bad_mac1)]);
+            }
+        }
+        for (verdict, n) in verdicts {
+            m.counter(ADMISSION, ADMISSION_HELP, &with("verdict", verdict), n);
+        }
     }
 
     pub fn status(&self) -> String {

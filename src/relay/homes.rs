@@ -15,8 +15,11 @@
 //!   may take it from another home (its NAT mapping moved there); that home's tunnel there is then dropped, as
 //!   within one home. No message of one home's agent claims another home's client.
 
-use super::{Admission, Home, Settings, Transmit};
+use super::{
+    Admission, Home, Settings, Transmit, ADMISSION, ADMISSION_HELP, DROPPED, DROPPED_HELP,
+};
 pub use crate::cli::HomeSpec;
+use crate::metrics::Metrics;
 use crate::pace::{Every, Once};
 use crate::wire::wireguard::{self, MsgType};
 use crate::wire::{self, KeyId};
@@ -340,6 +343,34 @@ impl Relay {
             ));
         }
         lines
+    }
+
+    /// The samples of `--metrics`: every home's (labelled `home` with several), and with several what no home took
+    /// (`home=""`).
+    pub fn metrics(&self, m: &mut Metrics) {
+        let Some(s) = self.several.as_deref() else {
+            return self.homes[0].metrics(m, None);
+        };
+        for (home, spec) in self.homes.iter().zip(&s.specs) {
+            home.metrics(m, Some(&spec.name));
+        }
+        let u = &s.unmatched;
+        for (reason, n) in [("badauth", u.badauth), ("senderr", u.senderr)] {
+            m.counter(
+                DROPPED,
+                DROPPED_HELP,
+                &[("home", ""), ("reason", reason)],
+                n,
+            );
+        }
+        for (verdict, n) in [("notinit", u.not_initiation), ("badmac1", u.bad_mac1)] {
+            m.counter(
+                ADMISSION,
+                ADMISSION_HELP,
+                &[("home", ""), ("verdict", verdict)],
+                n,
+            );
+        }
     }
 
     /// The tunnel tables of every home, a line per tunnel (for SIGUSR1).

@@ -39,6 +39,16 @@ macro_rules! say {
 }
 use say;
 
+/// The relay's metric families beside the traffic ones (crate::metrics); `home` labels them with several homes.
+const TUNNELS: &str = "tunnels";
+const TUNNELS_HELP: &str =
+    "Tunnels now: active (carrying a client), spare, and new clients waiting for a spare.";
+const DROPPED: &str = "dropped_total";
+const DROPPED_HELP: &str = "Datagrams dropped, by the status line's name for the reason.";
+const ADMISSION: &str = "admission_total";
+const ADMISSION_HELP: &str =
+    "What admission control did: tunnels reclaimed and restored; with --wireguard, initiations refused or answered.";
+
 /// A new client's held datagrams wait this long for a spare.
 pub const WAIT_FOR_SPARE: Duration = Duration::from_secs(10);
 /// Runs of the inside agent that a restart replaced: never accepted again.

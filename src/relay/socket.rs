@@ -4,14 +4,17 @@
 
 use crate::addr::HostPort;
 use crate::cli::Config;
+use crate::metrics::{self, Metrics};
 use crate::pace::Every;
 use crate::relay::Admission;
 use crate::relay::{Relay, Settings, Transmit};
 use crate::sys::batch::{Batch, Shape};
+use crate::sys::http;
 use crate::sys::logging;
 use crate::sys::random::random_bytes;
 use crate::sys::signal::{self, Signal};
 use crate::sys::socket as net;
+use crossbeam_channel::{bounded, Receiver, Sender};
 use log::{debug, error, info, warn};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -32,12 +35,21 @@ pub struct Flags {
 }
 
 /// Serve on `sock` until `flags.stop` is set (by a signal).
+/// What the loop serves besides datagrams: the homes file to re-read on SIGHUP, scrapes of `--metrics`.
+#[derive(Default)]
+pub struct Extras<'a> {
+    /// `--homes`: the file and the relay's -n.
+    pub homes: Option<(&'a str, usize)>,
+    /// `--metrics`: scrapes, each a channel for the rendered text; and when the process started (Unix seconds).
+    pub metrics: Option<(Receiver<Sender<String>>, f64)>,
+}
+
 pub fn serve(
     relay: &mut Relay,
     sock: &UdpSocket,
     status_every: Option<Duration>,
     flags: &Flags,
-    homes: Option<(&str, usize)>,
+    extras: Extras,
 ) -> std::io::Result<()> {
     let mut batch = Batch::new(sock, Shape::RELAY)?;
     debug!("relay socket: {}", batch.offload());
@@ -75,10 +87,19 @@ pub fn serve(
             Err(e) if net::is_timeout(&e) => {}
             Err(e) => debug!("receive failed: {e}"),
         }
+        // A scrape: one atomic load when there is none, here and not per datagram.
+        if let Some((scrapes, start)) = &extras.metrics {
+            if let Ok(reply) = scrapes.try_recv() {
+                let mut m = Metrics::default();
+                relay.metrics(&mut m);
+                metrics::process(&mut m, *start);
+                let _ = reply.send(m.render());
+            }
+        }
         let now = Instant::now();
         if tick.due(now) {
             if flags.reload.swap(false, Relaxed) {
-                if let Some((path, n)) = homes {
+                if let Some((path, n)) = extras.homes {
                     reload(relay, path, n, now, &mut out);
                 }
             }
@@ -195,10 +216,19 @@ pub fn run(cfg: &Config, host: Option<&str>, port: u16) -> Result<(), String> {
         info!("admitting only WireGuard handshakes for server key {pk}");
         relay = relay.with_wireguard(Admission::new(pk, random_bytes(), now));
     }
-    let homes = cfg
-        .homes
-        .as_ref()
-        .map(|(p, _)| (p.as_str(), cfg.max_tunnels));
-    serve(&mut relay, &sock, cfg.status_interval, &flags, homes)
+    let mut extras = Extras {
+        homes: cfg
+            .homes
+            .as_ref()
+            .map(|(p, _)| (p.as_str(), cfg.max_tunnels)),
+        metrics: None,
+    };
+    if let Some(at) = &cfg.metrics {
+        let (ask, scrapes) = bounded::<Sender<String>>(1);
+        let bound = http::serve_metrics(at, Box::new(move |reply| ask.try_send(reply).is_ok()))?;
+        info!("metrics at http://{bound}/metrics");
+        extras.metrics = Some((scrapes, metrics::unix_now()));
+    }
+    serve(&mut relay, &sock, cfg.status_interval, &flags, extras)
         .map_err(|e| format!("relay failed: {e}"))
 }

@@ -4,6 +4,7 @@
 
 use super::Coordinator;
 use crate::addr;
+use crate::metrics::Metrics;
 use std::time::Instant;
 
 impl Coordinator {
@@ -36,17 +37,51 @@ impl Coordinator {
             .collect()
     }
 
-    /// `spare` counts only tunnels the relay has acknowledged; `pending` those still registering.
-    pub fn status(&self) -> String {
+    /// The core's samples for `--metrics`: tunnels by state, as in the status line, and the drop counters.
+    pub fn metrics(&self, m: &mut Metrics) {
+        let (active, spare, pending) = self.counts();
+        for (state, n) in [("active", active), ("spare", spare), ("pending", pending)] {
+            m.gauge(
+                "tunnels",
+                "Tunnels now: active (carrying a client), spare (registered at the relay), pending (registering).",
+                &[("state", state)],
+                n as f64,
+            );
+        }
+        let d = &self.drops;
+        for (reason, n) in [
+            ("refused", d.refused.get()),
+            ("foreign", d.foreign.get()),
+            ("badauth", d.badauth.get()),
+            ("unrouted", d.unrouted.get()),
+            ("overflow", d.overflow.get()),
+            ("senderr", d.senderr.get()),
+        ] {
+            m.counter(
+                "dropped_total",
+                "Datagrams dropped, by the status line's name for the reason.",
+                &[("reason", reason)],
+                n,
+            );
+        }
+    }
+
+    /// Tunnels active, spare (acknowledged by the relay) and pending (still registering).
+    fn counts(&self) -> (usize, usize, usize) {
         let active = self.active();
         let spare = self
             .tunnels
             .values()
             .filter(|h| !h.active && h.registered)
             .count();
+        (active, spare, self.tunnels.len() - active - spare)
+    }
+
+    /// `spare` counts only tunnels the relay has acknowledged; `pending` those still registering.
+    pub fn status(&self) -> String {
+        let (active, spare, pending) = self.counts();
         format!(
-            "status: tunnels active={active} spare={spare} pending={} {}",
-            self.tunnels.len() - active - spare,
+            "status: tunnels active={active} spare={spare} pending={pending} {}",
             self.drops.summary()
         )
     }
