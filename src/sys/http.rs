@@ -100,28 +100,33 @@ fn run(listener: &TcpListener, scrape: &dyn Fn() -> Option<String>) {
         let now = Instant::now();
         conns.retain(|c| now.saturating_duration_since(c.since) < DEADLINE);
         if fds[0].revents != 0 {
-            accept(listener, &mut conns);
+            accept(listener, &mut conns, scrape);
         }
     }
 }
 
-/// Take the connections waiting to be accepted (a bounded number a round).
-fn accept(listener: &TcpListener, conns: &mut Vec<Conn>) {
+/// Take the connections waiting to be accepted (a bounded number a round). A request already there is answered
+/// at once, so a flood of connections accepted in the same round cannot push a scraper out before it is read.
+fn accept(listener: &TcpListener, conns: &mut Vec<Conn>, scrape: &dyn Fn() -> Option<String>) {
     for _ in 0..4 * MAX_OPEN {
         match listener.accept() {
             Ok((stream, _)) => {
                 if stream.set_nonblocking(true).is_err() {
                     continue;
                 }
+                let mut c = Conn {
+                    stream,
+                    request: Vec::new(),
+                    since: Instant::now(),
+                };
+                if !read_request(&mut c, scrape) {
+                    continue;
+                }
                 if conns.len() >= MAX_OPEN {
                     // The one open longest: a scraper sends its request at once, a hoarder never.
                     conns.remove(0);
                 }
-                conns.push(Conn {
-                    stream,
-                    request: Vec::new(),
-                    since: Instant::now(),
-                });
+                conns.push(c);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
             Err(e) => {
