@@ -96,12 +96,14 @@ impl Metrics {
         self.add(name, Kind::Counter, help, labels, &value);
     }
 
+    /// A gauge. Integers only, here and in counters: formatting a float would pull Rust's float printing into
+    /// the static binaries, and every value here is a count or a whole second.
     pub fn gauge(
         &mut self,
         name: &'static str,
         help: &'static str,
         labels: &[(&str, &str)],
-        value: f64,
+        value: u64,
     ) {
         self.add(name, Kind::Gauge, help, labels, &value);
     }
@@ -157,20 +159,20 @@ impl Traffic {
     }
 }
 
-/// Now, in seconds since the Unix epoch (for `start_time_seconds`).
-pub fn unix_now() -> f64 {
+/// Now, in whole seconds since the Unix epoch (for `start_time_seconds`).
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The families every agent has: the version, and when the process started (Unix time, seconds).
-pub fn process(m: &mut Metrics, start_unix_seconds: f64) {
+pub fn process(m: &mut Metrics, start_unix_seconds: u64) {
     m.gauge(
         "build_info",
         "Always 1; the version of the running binary is its label.",
         &[("version", env!("CARGO_PKG_VERSION"))],
-        1.0,
+        1,
     );
     m.gauge(
         "start_time_seconds",
@@ -188,14 +190,14 @@ mod tests {
     fn families_are_written_once_with_help_and_type_first() {
         let mut m = Metrics::default();
         m.counter("a_total", "A.", &[("home", "x")], 1);
-        m.gauge("b", "B.", &[], 2.5);
+        m.gauge("b", "B.", &[], 2);
         m.counter("a_total", "A.", &[("home", "y \"q\" \\ \n")], 3);
         assert_eq!(
             m.render(),
             "# HELP reverse_udp_tunnel_a_total A.\n# TYPE reverse_udp_tunnel_a_total counter\n\
              reverse_udp_tunnel_a_total{home=\"x\"} 1\n\
              reverse_udp_tunnel_a_total{home=\"y \\\"q\\\" \\\\ \\n\"} 3\n\
-             # HELP reverse_udp_tunnel_b B.\n# TYPE reverse_udp_tunnel_b gauge\nreverse_udp_tunnel_b 2.5\n"
+             # HELP reverse_udp_tunnel_b B.\n# TYPE reverse_udp_tunnel_b gauge\nreverse_udp_tunnel_b 2\n"
         );
     }
 

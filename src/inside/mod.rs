@@ -18,7 +18,7 @@ use crate::cli::Config;
 use crate::metrics::{self, Metrics};
 use crate::pace::Every;
 use crate::stats::Drops;
-use crate::sys::http;
+use crate::sys::http::{self, Scrape};
 use crate::sys::logging;
 use crate::sys::random::random_bytes;
 use crate::sys::signal::{self, Signal as Sig};
@@ -37,8 +37,8 @@ enum Wake {
     Shutdown(&'static str),
     /// SIGUSR1: log the status line and the tunnel table.
     Status,
-    /// A scrape of `--metrics`: send the rendered text here.
-    Metrics(Sender<String>),
+    /// A scrape of `--metrics` waits for its answer.
+    Metrics,
 }
 
 /// Run the coordinator until a shutdown arrives on `wakes` (`wake` is its sender, for the threads it starts).
@@ -48,6 +48,7 @@ fn coordinate(
     relay: HostPort,
     wake: Sender<Wake>,
     wakes: Receiver<Wake>,
+    scrape: Option<Arc<Scrape>>,
 ) {
     let identity = Arc::new(Identity::new(
         &cfg.key,
@@ -94,12 +95,14 @@ fn coordinate(
                     .for_each(|l| logging::status(l));
                 None
             }
-            Ok(Wake::Metrics(reply)) => {
-                let mut m = Metrics::default();
-                shell.traffic().write(&mut m, &[]);
-                core.metrics(&mut m);
-                metrics::process(&mut m, start);
-                let _ = reply.send(m.render());
+            Ok(Wake::Metrics) => {
+                if let Some(scrape) = scrape.as_ref().filter(|s| s.wanted()) {
+                    let mut m = Metrics::default();
+                    shell.traffic().write(&mut m, &[]);
+                    core.metrics(&mut m);
+                    metrics::process(&mut m, start);
+                    scrape.answer(m.render());
+                }
                 None
             }
             Ok(Wake::Shutdown(sig)) => {
@@ -123,13 +126,17 @@ fn coordinate(
 pub fn run(cfg: Config, service: HostPort, relay: HostPort) -> Result<(), String> {
     net::raise_fd_limit();
     let (tx, rx) = unbounded();
+    let mut scrape = None;
     if let Some(at) = &cfg.metrics {
-        let scrapes = tx.clone();
-        let bound = http::serve_metrics(
+        let wake = tx.clone();
+        let (bound, s) = http::serve_metrics(
             at,
-            Box::new(move |reply| scrapes.send(Wake::Metrics(reply)).is_ok()),
+            Box::new(move || {
+                let _ = wake.send(Wake::Metrics);
+            }),
         )?;
         info!("metrics at http://{bound}/metrics");
+        scrape = Some(s);
     }
     let signals = tx.clone();
     signal::watch(move |sig| {
@@ -142,6 +149,6 @@ pub fn run(cfg: Config, service: HostPort, relay: HostPort) -> Result<(), String
             }
         };
     });
-    coordinate(cfg, service, relay, tx, rx);
+    coordinate(cfg, service, relay, tx, rx, scrape);
     Ok(())
 }

@@ -72,15 +72,7 @@ impl Shell {
 
     /// What every tunnel forwarded so far (for `--metrics`).
     pub(super) fn traffic(&mut self) -> Traffic {
-        let ended = &mut self.ended;
-        self.draining.retain(|t| {
-            // Finished first, then read: the read sees the thread's last publish.
-            let done = t.finished();
-            if done {
-                ended.add(&t.read());
-            }
-            !done
-        });
+        self.fold_ended();
         let mut sum = self.ended;
         for t in self
             .draining
@@ -90,6 +82,20 @@ impl Shell {
             sum.add(&t.read());
         }
         sum
+    }
+
+    /// Add the tallies of tunnel threads that have ended to `ended`: `draining` then holds only threads still
+    /// finishing their last batch, a handful, whether or not anyone scrapes.
+    fn fold_ended(&mut self) {
+        let ended = &mut self.ended;
+        self.draining.retain(|t| {
+            // Finished first, then read: the read sees the thread's last publish.
+            let done = t.finished();
+            if done {
+                ended.add(&t.read());
+            }
+            !done
+        });
     }
 
     /// Perform the coordinator's actions; failures to open are fed back at once.
@@ -127,6 +133,7 @@ impl Shell {
                     if let Some(o) = self.open.remove(id) {
                         o.mailbox.stop();
                         self.draining.push(o.tally);
+                        self.fold_ended();
                     }
                 }
                 Action::Resolve(name) => self.resolve(*name),

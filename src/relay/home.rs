@@ -270,7 +270,7 @@ impl Home {
             ("spare", self.table.spares()),
             ("waiting", self.table.waiting()),
         ] {
-            m.gauge(TUNNELS, TUNNELS_HELP, &with("state", state), n as f64);
+            m.gauge(TUNNELS, TUNNELS_HELP, &with("state", state), n as u64);
         }
         let d = &self.drops;
         let a = &self.admissions;

@@ -9,12 +9,11 @@ use crate::pace::Every;
 use crate::relay::Admission;
 use crate::relay::{Relay, Settings, Transmit};
 use crate::sys::batch::{Batch, Shape};
-use crate::sys::http;
+use crate::sys::http::{self, Scrape};
 use crate::sys::logging;
 use crate::sys::random::random_bytes;
 use crate::sys::signal::{self, Signal};
 use crate::sys::socket as net;
-use crossbeam_channel::{bounded, Receiver, Sender};
 use log::{debug, error, info, warn};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -34,16 +33,16 @@ pub struct Flags {
     pub reload: AtomicBool,
 }
 
-/// Serve on `sock` until `flags.stop` is set (by a signal).
 /// What the loop serves besides datagrams: the homes file to re-read on SIGHUP, scrapes of `--metrics`.
 #[derive(Default)]
 pub struct Extras<'a> {
     /// `--homes`: the file and the relay's -n.
     pub homes: Option<(&'a str, usize)>,
-    /// `--metrics`: scrapes, each a channel for the rendered text; and when the process started (Unix seconds).
-    pub metrics: Option<(Receiver<Sender<String>>, f64)>,
+    /// `--metrics`: the scrape to answer; and when the process started (Unix seconds).
+    pub metrics: Option<(Arc<Scrape>, u64)>,
 }
 
+/// Serve on `sock` until `flags.stop` is set (by a signal).
 pub fn serve(
     relay: &mut Relay,
     sock: &UdpSocket,
@@ -88,12 +87,12 @@ pub fn serve(
             Err(e) => debug!("receive failed: {e}"),
         }
         // A scrape: one atomic load when there is none, here and not per datagram.
-        if let Some((scrapes, start)) = &extras.metrics {
-            if let Ok(reply) = scrapes.try_recv() {
+        if let Some((scrape, start)) = &extras.metrics {
+            if scrape.wanted() {
                 let mut m = Metrics::default();
                 relay.metrics(&mut m);
                 metrics::process(&mut m, *start);
-                let _ = reply.send(m.render());
+                scrape.answer(m.render());
             }
         }
         let now = Instant::now();
@@ -224,10 +223,10 @@ pub fn run(cfg: &Config, host: Option<&str>, port: u16) -> Result<(), String> {
         metrics: None,
     };
     if let Some(at) = &cfg.metrics {
-        let (ask, scrapes) = bounded::<Sender<String>>(1);
-        let bound = http::serve_metrics(at, Box::new(move |reply| ask.try_send(reply).is_ok()))?;
+        // No wake: the loop looks between batches, and at least every TICK.
+        let (bound, scrape) = http::serve_metrics(at, Box::new(|| ()))?;
         info!("metrics at http://{bound}/metrics");
-        extras.metrics = Some((scrapes, metrics::unix_now()));
+        extras.metrics = Some((scrape, metrics::unix_now()));
     }
     serve(&mut relay, &sock, cfg.status_interval, &flags, extras)
         .map_err(|e| format!("relay failed: {e}"))

@@ -12,6 +12,8 @@ use log::{debug, warn};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Connections read at once; a new one beyond this closes the one open longest.
@@ -34,25 +36,58 @@ struct Conn {
 /// 200 ms, the coordinator at once).
 const RENDER_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// `--metrics ADDR:PORT`: listen there and serve on a thread of its own until the process ends. For each scrape,
-/// `ask` hands the agent's loop a channel on which to send the rendered text (false: it cannot take one now).
+/// A scrape between the metrics thread and the agent's loop, which alone can read its core: the thread sets
+/// `wanted` (and wakes the loop), the loop renders and answers. One flag for the loop to look at, a mutex and a
+/// condition variable off the data path: no channel types to carry in the static binaries.
+#[derive(Default)]
+pub struct Scrape {
+    wanted: AtomicBool,
+    answer: Mutex<Option<String>>,
+    answered: Condvar,
+}
+
+impl Scrape {
+    /// Whether a scrape waits for an answer: one relaxed load, for the agent's loop.
+    #[inline]
+    pub fn wanted(&self) -> bool {
+        self.wanted.load(Relaxed)
+    }
+
+    /// The agent's loop: the rendered text for the scrape that waits.
+    pub fn answer(&self, text: String) {
+        self.wanted.store(false, Relaxed);
+        *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+        self.answered.notify_all();
+    }
+
+    /// The metrics thread: ask, wake the loop, wait for the text (None if it did not come in time).
+    fn ask(&self, wake: &dyn Fn()) -> Option<String> {
+        let mut answer = self.answer.lock().unwrap_or_else(|e| e.into_inner());
+        *answer = None;
+        self.wanted.store(true, Relaxed);
+        wake();
+        let (mut answer, _) = self
+            .answered
+            .wait_timeout_while(answer, RENDER_TIMEOUT, |a| a.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        answer.take()
+    }
+}
+
+/// `--metrics ADDR:PORT`: listen there and serve on a thread of its own until the process ends. The agent's loop
+/// answers the returned [`Scrape`]; `wake` gets it to look (the relay's loop looks between batches anyway).
 pub fn serve_metrics(
     at: &crate::addr::HostPort,
-    ask: Box<dyn Fn(crossbeam_channel::Sender<String>) -> bool + Send>,
-) -> Result<std::net::SocketAddr, String> {
+    wake: Box<dyn Fn() + Send>,
+) -> Result<(std::net::SocketAddr, Arc<Scrape>), String> {
     let fail = |e: std::io::Error| format!("cannot serve metrics on {at}: {e}");
     let addr = super::socket::resolve(at).map_err(fail)?;
     let listener = TcpListener::bind(addr).map_err(fail)?;
     let bound = listener.local_addr().map_err(fail)?;
-    let scrape = move || {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if !ask(tx) {
-            return None;
-        }
-        rx.recv_timeout(RENDER_TIMEOUT).ok()
-    };
-    serve(listener, Box::new(scrape)).map_err(fail)?;
-    Ok(bound)
+    let scrape = Arc::new(Scrape::default());
+    let s = scrape.clone();
+    serve(listener, Box::new(move || s.ask(&*wake))).map_err(fail)?;
+    Ok((bound, scrape))
 }
 
 /// Serve `listener` on a new thread until the process ends. `scrape` renders the metrics (None: the core did not

@@ -45,7 +45,7 @@ impl Coordinator {
                 "tunnels",
                 "Tunnels now: active (carrying a client), spare (registered at the relay), pending (registering).",
                 &[("state", state)],
-                n as f64,
+                n as u64,
             );
         }
         let d = &self.drops;
