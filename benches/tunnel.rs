@@ -209,7 +209,11 @@ fn run() -> Res<()> {
         t.stop();
     }
 
-    let metrics = metrics_phase(&bin, echo.addr, &logs)?;
+    // RUT_BENCH_NO_METRICS=1: skip it, for a binary from before --metrics.
+    let metrics = match std::env::var_os("RUT_BENCH_NO_METRICS") {
+        Some(_) => String::new(),
+        None => metrics_phase(&bin, echo.addr, &logs)?,
+    };
 
     let mut out = format!("{head}\nload average at the end: {}\n{cmds}\n", loadavg());
     table(
