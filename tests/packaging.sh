@@ -99,7 +99,8 @@ for role in inside outside; do
 		grep -q "^$var=" "$conf" || die "$conf does not set $var used by $unit"
 	done
 	grep -q '^REVERSE_UDP_TUNNEL_KEY=' "$conf" || die "$conf does not set the key"
-	for opt in $(grep '^OPTIONS=' "$conf" | grep -oE -- '(^|[ =])--?[A-Za-z]+' | tr -d ' ='); do
+	# (the commented-out alternatives too: --homes, --metrics)
+	for opt in $(grep -E '^#?OPTIONS=' "$conf" | grep -oE -- '(^|[ =])--?[A-Za-z]+' | tr -d ' ='); do
 		grep -qxF -- "$opt" "$tmp/help-options" || die "$conf uses $opt, which --help does not show"
 	done
 	if command -v systemd-analyze >/dev/null; then
@@ -370,6 +371,7 @@ max_tunnels=range(1,100000)
 keepalive_interval=range(1,86400)
 status_interval=range(0,86400)
 log_level=range(0,3)
+metrics=string
 }
 }
 {
@@ -385,14 +387,15 @@ max_tunnels=range(1,100000)
 keepalive_interval=range(1,86400)
 status_interval=range(0,86400)
 log_level=range(0,3)
+metrics=string
 }
 }
 EOF
 ok "procd_add_validation describes both section types with every option's datatype"
 
-# Every sample section enabled, its key file present: the exact procd instances.
-sed -e "s/option enabled '0'/option enabled '1'/" -e "s#/etc/reverse-udp-tunnel/#$keys/#" "$uci_sample" \
-	>"$tmp/all-enabled"
+# Every sample section enabled, its key file present, its commented-out metrics line in: the exact procd instances.
+sed -e "s/option enabled '0'/option enabled '1'/" -e "s#/etc/reverse-udp-tunnel/#$keys/#" \
+	-e "s/^#\(	option metrics \)/\1/" "$uci_sample" >"$tmp/all-enabled"
 uci_translate "$tmp/all-enabled" >"$tmp/all-enabled.out" 2>"$tmp/stderr"
 cp "$tmp/all-enabled.out" "$tmp/actual"
 expect "sample config, all enabled" <<EOF
@@ -400,7 +403,7 @@ home respawn
 home stderr 1
 home user rutunnel
 home file $keys/home.key
-home command /usr/bin/reverse-udp-tunnel --syslog --name home -s 127.0.0.1:51820 -o relay.example.com:1234 --keyFile $keys/home.key -n 20 --spares 4 --keepaliveInterval 20 --connectionTimeout 120 --statusInterval 600 --logLevel 2
+home command /usr/bin/reverse-udp-tunnel --syslog --name home -s 127.0.0.1:51820 -o relay.example.com:1234 --keyFile $keys/home.key -n 20 --spares 4 --keepaliveInterval 20 --connectionTimeout 120 --statusInterval 600 --logLevel 2 --metrics 127.0.0.1:9902
 game respawn
 game stderr 1
 game file $keys/game.key
@@ -409,7 +412,7 @@ relay respawn
 relay stderr 1
 relay user rutunnel
 relay file $keys/relay.key
-relay command /usr/bin/reverse-udp-tunnel --syslog --name relay -l 1234 --keyFile $keys/relay.key -n 20 --keepaliveInterval 20 --statusInterval 600 --logLevel 1
+relay command /usr/bin/reverse-udp-tunnel --syslog --name relay -l 1234 --keyFile $keys/relay.key -n 20 --keepaliveInterval 20 --statusInterval 600 --logLevel 1 --metrics 127.0.0.1:9901
 homes respawn
 homes stderr 1
 homes user rutunnel
@@ -419,7 +422,7 @@ EOF
 if [ -s "$tmp/syslog" ] || [ -s "$tmp/stderr" ]; then
 	die "sample config, all enabled: logged $(cat "$tmp/syslog" "$tmp/stderr")"
 fi
-ok "sample UCI config, every section enabled: exact instances (--syslog --name SECTION, user, key file, homes)"
+ok "sample UCI config, every section enabled: exact instances (--syslog --name SECTION, user, key file, homes, metrics)"
 
 # reload: SIGHUP to each running relay with option homes (it re-reads the file and keeps the unchanged homes'
 # tunnels), then start, for procd to restart what changed; no signal to the others, nor to one not running.
@@ -444,6 +447,7 @@ config inside 'good'
 	option relay relay6.example.net:1234
 	option key_file '$keys/good.key'
 	option homes '$keys/homes'
+	option metrics '[::1]:9902'
 config inside 'badlevel'
 	option service '127.0.0.1:51820'
 	option relay 'relay.example.com:1234'
@@ -473,6 +477,14 @@ config outside 'v6'
 	option spares '9'
 	option connection_timeout '9'
 	option max_tunnels '5'
+	option metrics 'localhost:9901'
+config inside 'metricsport'
+	option service '127.0.0.1:51820'
+	option relay 'relay.example.com:1234'
+	option metrics '9901'
+config outside 'metrics0'
+	option listen '1234'
+	option metrics '127.0.0.1:0'
 config outside 'badlisten'
 	option listen 'eth0'
 config outside 'port0'
@@ -494,10 +506,10 @@ expect "bad values" <<EOF
 good respawn
 good stderr 1
 good file $keys/good.key
-good command /usr/bin/reverse-udp-tunnel --syslog --name good -s [::1]:51820 -o relay6.example.net:1234 --keyFile $keys/good.key
+good command /usr/bin/reverse-udp-tunnel --syslog --name good -s [::1]:51820 -o relay6.example.net:1234 --keyFile $keys/good.key --metrics [::1]:9902
 v6 respawn
 v6 stderr 1
-v6 command /usr/bin/reverse-udp-tunnel --syslog --name v6 -l [::]:1234 -n 5
+v6 command /usr/bin/reverse-udp-tunnel --syslog --name v6 -l [::]:1234 -n 5 --metrics localhost:9901
 reload_trigger reverse-udp-tunnel
 EOF
 cp "$tmp/syslog" "$tmp/actual"
@@ -508,6 +520,8 @@ daemon.err reverse-udp-tunnel: nokey: option key_file '$tmp/no-such.key' is not 
 daemon.err reverse-udp-tunnel: norelay: option relay (HOST:PORT) is missing; instance not started
 daemon.err reverse-udp-tunnel: v6bare: option relay '2001:db8::1:1234' is not HOST:PORT; instance not started
 daemon.err reverse-udp-tunnel: nouser: option user 'nosuchuser': no such user; instance not started
+daemon.err reverse-udp-tunnel: metricsport: option metrics '9901' is not ADDR:PORT; instance not started
+daemon.err reverse-udp-tunnel: metrics0: option metrics '127.0.0.1:0' is not ADDR:PORT; instance not started
 daemon.err reverse-udp-tunnel: badlisten: option listen 'eth0' is not [ADDR:]PORT; instance not started
 daemon.err reverse-udp-tunnel: port0: option listen '0' is not [ADDR:]PORT; instance not started
 daemon.err reverse-udp-tunnel: bign: option max_tunnels '100001' is not range(1,100000); instance not started
