@@ -277,7 +277,12 @@ fn metrics_phase(bin: &str, echo: SocketAddr, logs: &Path) -> Res<String> {
         for (i, &load) in METRICS_LOADS.iter().enumerate() {
             for (k, (t, pool)) in [&off, &on].into_iter().zip(&pools).enumerate() {
                 let me = std::process::id();
-                let r = rate_run(&pool[..load.clients], &[me, t.relay.pid(), t.inside.pid()], load, None);
+                let r = rate_run(
+                    &pool[..load.clients],
+                    &[me, t.relay.pid(), t.inside.pid()],
+                    load,
+                    None,
+                );
                 println!(
                     "rep {rep} metrics {:3} {:34} {:9.0} rt/s",
                     ["off", "on"][k],
@@ -328,7 +333,8 @@ fn scrape(at: SocketAddr) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&at, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+        .ok()?;
     let mut r = String::new();
     s.read_to_string(&mut r).ok()?;
     r.starts_with("HTTP/1.1 200").then_some(r)

@@ -140,6 +140,10 @@ impl Tally {
     }
 }
 
+/// The family of the drop counters, on both agents.
+pub const DROPPED: &str = "dropped_total";
+pub const DROPPED_HELP: &str = "Datagrams dropped, by the status line's name for the reason.";
+
 #[derive(Default, Debug)]
 pub struct Drops {
     /// Inside: datagrams from neither the relay nor the service.
@@ -157,6 +161,23 @@ pub struct Drops {
 }
 
 impl Drops {
+    /// The `dropped_total` samples, one per counter, each labelled `reason` as the status line names it, after
+    /// `labels` (a home's).
+    pub fn write(&self, m: &mut crate::metrics::Metrics, labels: &[(&str, &str)]) {
+        for (reason, n) in [
+            ("refused", self.refused.get()),
+            ("foreign", self.foreign.get()),
+            ("badauth", self.badauth.get()),
+            ("unrouted", self.unrouted.get()),
+            ("overflow", self.overflow.get()),
+            ("senderr", self.senderr.get()),
+        ] {
+            let mut l = labels.to_vec();
+            l.push(("reason", reason));
+            m.counter(DROPPED, DROPPED_HELP, &l, n);
+        }
+    }
+
     /// The tail of a status line: `refused=R dropped foreign=F badauth=B unrouted=U overflow=O senderr=E`.
     pub fn summary(&self) -> String {
         format!(

@@ -281,18 +281,35 @@ fn help_and_version() {
 #[test]
 fn metrics_and_homes_options() {
     let c = run("-l 1234 -k k --metrics 127.0.0.1:9901").unwrap();
-    assert_eq!(c.metrics.map(|m| m.to_string()), Some("127.0.0.1:9901".to_string()));
+    assert_eq!(
+        c.metrics.map(|m| m.to_string()),
+        Some("127.0.0.1:9901".to_string())
+    );
     let c = run("-s a:1 -o b:2 --metrics [::1]:0").unwrap();
-    assert_eq!(c.metrics.map(|m| (m.host, m.port)), Some(("::1".to_string(), 0)));
+    assert_eq!(
+        c.metrics.map(|m| (m.host, m.port)),
+        Some(("::1".to_string(), 0))
+    );
     assert!(err("-l 1234 --metrics 9901").starts_with("--metrics 9901: missing ':PORT'"));
-    assert!(err("-l 1234 --metrics 127.0.0.1:70000").starts_with("--metrics 127.0.0.1:70000: port is above"));
+    assert!(err("-l 1234 --metrics 127.0.0.1:70000")
+        .starts_with("--metrics 127.0.0.1:70000: port is above"));
     assert!(err("-s a:1 -o b:2 --homes /x").starts_with("--homes is a relay option"));
     assert!(err("-l 1234 --homes /nonexistent/homes").starts_with("--homes /nonexistent/homes: "));
-    for other in ["-k x", "--keyFile /x", "--wireguard HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="] {
+    for other in [
+        "-k x",
+        "--keyFile /x",
+        "--wireguard HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=",
+    ] {
         let e = err(&format!("-l 1234 --homes /x {other}"));
-        assert!(e.starts_with("--homes: each home's key is in its line"), "{other}: {e}");
+        assert!(
+            e.starts_with("--homes: each home's key is in its line"),
+            "{other}: {e}"
+        );
     }
-    let v: Vec<OsString> = "-l 1234 --homes /x".split_whitespace().map(Into::into).collect();
+    let v: Vec<OsString> = "-l 1234 --homes /x"
+        .split_whitespace()
+        .map(Into::into)
+        .collect();
     let e = parse(&v, Some("k".into())).unwrap_err();
     assert!(e.contains("REVERSE_UDP_TUNNEL_KEY"), "{e}");
 }

@@ -272,19 +272,9 @@ impl Home {
         ] {
             m.gauge(TUNNELS, TUNNELS_HELP, &with("state", state), n as u64);
         }
-        let d = &self.drops;
+        self.drops.write(m, &base);
         let a = &self.admissions;
-        for (reason, n) in [
-            ("refused", d.refused.get()),
-            ("foreign", d.foreign.get()),
-            ("badauth", d.badauth.get()),
-            ("unrouted", d.unrouted.get()),
-            ("overflow", d.overflow.get()),
-            ("senderr", d.senderr.get()),
-            ("forged", a.forged),
-        ] {
-            m.counter(DROPPED, DROPPED_HELP, &with("reason", reason), n);
-        }
+        m.counter(DROPPED, DROPPED_HELP, &with("reason", "forged"), a.forged);
         let mut verdicts = vec![("reclaimed", a.reclaimed), ("restored", a.restored)];
         if self.wireguard.is_some() {
             verdicts.extend([

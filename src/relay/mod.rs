@@ -43,8 +43,7 @@ use say;
 const TUNNELS: &str = "tunnels";
 const TUNNELS_HELP: &str =
     "Tunnels now: active (carrying a client), spare, and new clients waiting for a spare.";
-const DROPPED: &str = "dropped_total";
-const DROPPED_HELP: &str = "Datagrams dropped, by the status line's name for the reason.";
+use crate::stats::{DROPPED, DROPPED_HELP};
 const ADMISSION: &str = "admission_total";
 const ADMISSION_HELP: &str =
     "What admission control did: tunnels reclaimed and restored; with --wireguard, initiations refused or answered.";

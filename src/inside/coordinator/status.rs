@@ -48,22 +48,7 @@ impl Coordinator {
                 n as u64,
             );
         }
-        let d = &self.drops;
-        for (reason, n) in [
-            ("refused", d.refused.get()),
-            ("foreign", d.foreign.get()),
-            ("badauth", d.badauth.get()),
-            ("unrouted", d.unrouted.get()),
-            ("overflow", d.overflow.get()),
-            ("senderr", d.senderr.get()),
-        ] {
-            m.counter(
-                "dropped_total",
-                "Datagrams dropped, by the status line's name for the reason.",
-                &[("reason", reason)],
-                n,
-            );
-        }
+        self.drops.write(m, &[]);
     }
 
     /// Tunnels active, spare (acknowledged by the relay) and pending (still registering).
