@@ -407,8 +407,30 @@ impl Home {
 
     /// A tunnel of another home proved itself at `addr`: whatever of this home was there is dropped.
     pub(super) fn release(&mut self, now: Instant, addr: SocketAddr, out: &mut Vec<Transmit>) {
-        let displaced = self.table.release(addr);
-        self.drop_displaced(now, displaced, out);
+        let Some(t) = self.table.release(addr) else {
+            return;
+        };
+        // This home's tunnel *at* `addr`: the agent there now is another home's, so a drop would go to the wrong
+        // agent (in a key it does not have). Forget it quietly; this home's agent re-registers from wherever it
+        // now is. A tunnel that lost its client at `addr` is told, at its own address.
+        if self.table.get(t).is_some_and(|tun| tun.addr == addr) {
+            if let Some(tun) = self.table.close(t, now) {
+                say!(
+                    self.tag,
+                    info,
+                    "tunnel {} forgotten: another home's tunnel proved itself at its address",
+                    tun.key.id
+                );
+            }
+            return;
+        }
+        self.drop_tunnel(now, t, DISPLACED, out);
+    }
+
+    /// Whether this home may let `src` go to another home's initiation: a client whose tunnel never carried an
+    /// answer, or one waiting for a spare (see homes.rs, `yields`).
+    pub(super) fn may_yield(&self, src: &SocketAddr) -> bool {
+        self.table.is_waiting(src) || self.table.client_tunnel(src).is_some_and(|t| !t.answered)
     }
 
     /// Drop every tunnel, telling the inside agent (its home was removed from FILE, or its key changed).

@@ -137,9 +137,13 @@ impl Relay {
             return None;
         }
         if let Some(&h) = m.owner.get(&src) {
-            let dst = self.homes[h].on_data(now, src, data, out);
+            if !yields(&mut self.homes, h, now, src, data, out) {
+                let dst = self.homes[h].on_data(now, src, data, out);
+                sync(&mut self.homes, m, now, h, out);
+                return dst;
+            }
+            // Its binding in h is gone: the initiation is a new client's, for the home it verifies for.
             sync(&mut self.homes, m, now, h, out);
-            return dst;
         }
         let h = pick_home(&mut self.homes, m, now, src, data)?;
         let dst = match wireguard::kind(data) {
@@ -445,6 +449,30 @@ fn on_control(
     }
 }
 
+/// An initiation from an address home `h` holds for a client that never got an answer (or that waits for a
+/// spare), whose mac1 verifies not for `h` but for another home: the binding in `h` came from an initiation for
+/// `h` from that address, which anyone who knows `h`'s public key can make with a spoofed source. So `h` lets the
+/// address go (its tunnel there is dropped, as one reclaimed), and the initiation is admitted as new. A client `h`'s
+/// service answered keeps its binding. One BLAKE2s for `h`, and only for initiations from such addresses.
+fn yields(
+    homes: &mut [Home],
+    h: usize,
+    now: Instant,
+    src: SocketAddr,
+    data: &[u8],
+    out: &mut Vec<Transmit>,
+) -> bool {
+    if wireguard::kind(data) != Some(MsgType::Initiation)
+        || !homes[h].may_yield(&src)
+        || homes[h].mac1_verifies(data)
+        || !homes.iter().any(|g| g.mac1_verifies(data))
+    {
+        return false;
+    }
+    homes[h].release(now, src, out);
+    true
+}
+
 /// The home a new client is for: the one whose server key verifies its initiation, or the one that remembers
 /// it. None (counted) if no home takes it.
 fn pick_home(
@@ -491,6 +519,12 @@ fn sync(homes: &mut [Home], m: &mut Several, now: Instant, h: usize, out: &mut V
                 m.owner.remove(&a);
             }
             continue;
+        }
+        // A proven client of another home that now has a tunnel here is no longer that home's to remember.
+        for (g, home) in homes.iter_mut().enumerate() {
+            if g != h {
+                home.table.remembered().forget(&a);
+            }
         }
         if let Some(g) = m.owner.insert(a, h).filter(|&g| g != h) {
             homes[g].release(now, a, out);

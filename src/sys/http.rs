@@ -4,9 +4,11 @@
 //! not HTTP or too long 400. Every answer closes the connection. Nothing here can hold the agent: the data path
 //! never waits for this thread, and this thread waits for no client. It polls the listener and at most
 //! [`MAX_OPEN`] connections at once (a new one beyond that closes the oldest), reads without blocking, gives a
-//! connection [`DEADLINE`] to send its whole request of at most [`MAX_REQUEST`] bytes, and writes the answer
-//! with a timeout. So a client that sends garbage, opens a thousand connections or never finishes its request
-//! delays the next scrape by a poll round, not by its own timeouts.
+//! connection [`DEADLINE`] to send its whole request of at most [`MAX_REQUEST`] bytes, writes the answer within
+//! one second in all, and serves a text rendered less than 250 ms ago to the scrapes that follow (a flood of
+//! requests costs the agent's loop four renders a second). So a client that sends garbage, opens a thousand
+//! connections, never finishes its request or reads the answer a byte at a time delays the next scrape by a poll
+//! round or a second, not by its own timeouts.
 
 use log::{debug, warn};
 use std::io::{ErrorKind, Read, Write};
@@ -22,8 +24,10 @@ pub const MAX_OPEN: usize = 32;
 pub const DEADLINE: Duration = Duration::from_secs(2);
 /// The longest request (request line and headers) read.
 pub const MAX_REQUEST: usize = 4096;
-/// Writing an answer waits this long at most for a client that does not read.
+/// Writing an answer waits this long at most, in all, for a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A rendered text is served again to scrapes within this of its render.
+const FRESH: Duration = Duration::from_millis(250);
 const POLL_MS: libc::c_int = 250;
 
 struct Conn {
@@ -104,7 +108,21 @@ fn serve(
     Ok(())
 }
 
-fn run(listener: &TcpListener, scrape: &dyn Fn() -> Option<String>) {
+fn run(listener: &TcpListener, render: &dyn Fn() -> Option<String>) {
+    // Scrapes closer together than this get the last text again: a flood of requests costs the agent's loop one
+    // render each FRESH, not one each, and no scrape waits behind another's render.
+    let last: std::cell::RefCell<Option<(Instant, String)>> = Default::default();
+    let scrape = || {
+        if let Some((at, text)) = last.borrow().as_ref() {
+            if at.elapsed() < FRESH {
+                return Some(text.clone());
+            }
+        }
+        let text = render()?;
+        *last.borrow_mut() = Some((Instant::now(), text.clone()));
+        Some(text)
+    };
+    let scrape: &dyn Fn() -> Option<String> = &scrape;
     let mut conns: Vec<Conn> = Vec::new();
     loop {
         let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
@@ -158,15 +176,18 @@ fn accept(listener: &TcpListener, conns: &mut Vec<Conn>, scrape: &dyn Fn() -> Op
                     continue;
                 }
                 if conns.len() >= MAX_OPEN {
-                    // The one open longest: a scraper sends its request at once, a hoarder never.
-                    conns.remove(0);
+                    // The one open longest that has sent nothing (a scraper sends its request at once, a hoarder
+                    // never), or else the one open longest.
+                    let i = conns.iter().position(|c| c.request.is_empty()).unwrap_or(0);
+                    conns.remove(i);
                 }
                 conns.push(c);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
             Err(e) => {
-                // Out of descriptors or the like: try again next round.
+                // Out of descriptors or the like: the listener stays readable, so pause rather than spin.
                 debug!("metrics: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
                 return;
             }
         }
@@ -231,10 +252,32 @@ fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Write `answer` (the socket is non-blocking), waiting for room at most WRITE_TIMEOUT in all: a client that
+/// reads a byte now and then cannot stretch it.
 fn respond(stream: &TcpStream, answer: &[u8]) {
     let mut s = stream;
-    if s.set_nonblocking(false).is_ok() && s.set_write_timeout(Some(WRITE_TIMEOUT)).is_ok() {
-        let _ = s.write_all(answer);
+    let deadline = Instant::now() + WRITE_TIMEOUT;
+    let mut rest = answer;
+    while !rest.is_empty() {
+        match s.write(rest) {
+            Ok(0) => return,
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                let mut fd = libc::pollfd {
+                    fd: s.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd that outlives the call.
+                unsafe { libc::poll(&mut fd, 1, left.as_millis().clamp(1, 1000) as libc::c_int) };
+            }
+            Err(_) => return,
+        }
     }
 }
 

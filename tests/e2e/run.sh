@@ -61,7 +61,8 @@ agents_up() {
 wg_ping() {
   local t0
   t0=$(now_us)
-  wait_until "${2:-15}" ping_ok "$P-c$1" "${3:-$WG_SRV_ADDR}" || fail "client c$1: no ping to ${3:-$WG_SRV_ADDR} through the tunnel within ${2:-15} s"
+  wait_until "${2:-15}" ping_ok "$P-c$1" "${3:-$WG_SRV_ADDR}" ||
+    { fail "client c$1: no ping to ${3:-$WG_SRV_ADDR} through the tunnel within ${2:-15} s"; return 1; }
   WAITED=$(fmt_s $(($(now_us) - t0)))
 }
 # ping_count NS DST N: answered pings out of N (0.1 s apart).

@@ -150,6 +150,14 @@ impl Table {
         self.peers.contains_key(addr)
     }
 
+    /// The tunnel `addr` is the client of.
+    pub fn client_tunnel(&self, addr: &SocketAddr) -> Option<&RelayTunnel> {
+        match self.peers.get(addr) {
+            Some(Peer::Client(t)) => self.get(*t),
+            _ => None,
+        }
+    }
+
     /// Every address this table knows.
     pub fn addresses(&self) -> impl Iterator<Item = &SocketAddr> {
         self.peers.keys()
