@@ -263,3 +263,28 @@ fn an_initiation_for_another_home_takes_back_an_address_bound_by_a_spoofed_one()
     assert_eq!(r.send(addr(50), &initiation(B, 4)).0, Some(addr(20)));
     r.relay.check().unwrap();
 }
+
+#[test]
+fn an_initiation_for_another_home_takes_back_an_address_held_for_a_replayed_keepalive() {
+    let (mut r, mut a, _) = two_homes(1, 1);
+    // A keepalive of a's tunnel, replayed from b's client's address (spoofed): a holds that address's data
+    // until its challenge is answered, which the attacker cannot do.
+    let id = a.tunnels[0].id;
+    let keepalive = a.keepalive(id);
+    let (_, out) = r.send(addr(50), &keepalive);
+    assert_eq!(out.len(), 1, "a challenge to the claimed address");
+    assert_eq!(r.relay.owner(&addr(50)), Some("a"));
+    // b's client there is b's at its first initiation, not held for a's tunnel for 10 s.
+    assert_eq!(r.send(addr(50), &initiation(B, 1)).0, Some(addr(20)));
+    assert_eq!(r.relay.owner(&addr(50)), Some("b"));
+    assert_eq!(r.relay.home("a").unwrap().table().active(), 0);
+    // Data from there is b's client's.
+    assert_eq!(r.send(addr(50), b"transport").0, Some(addr(20)));
+    // Had a's tunnel really moved there, its answer to the challenge takes the address back (the proof wins).
+    a.tunnels[0].addr = addr(50);
+    let challenge = only(&out, addr(50));
+    let (_, response) = a.receive(addr(50), &challenge).expect("a challenge");
+    r.send(addr(50), &response);
+    assert_eq!(r.relay.owner(&addr(50)), Some("a"));
+    r.relay.check().unwrap();
+}

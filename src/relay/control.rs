@@ -428,9 +428,11 @@ impl Home {
     }
 
     /// Whether this home may let `src` go to another home's initiation: a client whose tunnel never carried an
-    /// answer, or one waiting for a spare (see homes.rs, `yields`).
+    /// answer, one waiting for a spare, or an address held as a possible new address of a tunnel (a keepalive
+    /// seen there, not yet proven: anyone who captured one can replay it from any source). See homes.rs,
+    /// `yields`.
     pub(super) fn may_yield(&self, src: &SocketAddr) -> bool {
-        self.table.is_waiting(src) || self.table.client_tunnel(src).is_some_and(|t| !t.answered)
+        self.table.is_held(src) || self.table.client_tunnel(src).is_some_and(|t| !t.answered)
     }
 
     /// Drop every tunnel, telling the inside agent (its home was removed from FILE, or its key changed).

@@ -131,6 +131,11 @@ impl Table {
         self.held.is_waiting(addr)
     }
 
+    /// Something is held for `addr`: a new client waiting for a spare, or a tunnel's possible new address.
+    pub fn is_held(&self, addr: &SocketAddr) -> bool {
+        self.held.by_addr.contains_key(addr)
+    }
+
     pub fn waiting(&self) -> usize {
         self.held.waiting.len()
     }
