@@ -92,11 +92,6 @@ impl Home {
         self.traffic.in_bytes += len as u64;
     }
 
-    /// What this home forwarded so far.
-    pub fn traffic(&self) -> Traffic {
-        self.traffic
-    }
-
     /// A new -n (the homes file changed): tunnels beyond it stay; new clients wait until fewer are busy.
     pub(super) fn set_max_tunnels(&mut self, n: usize) {
         self.settings.max_tunnels = n;
