@@ -17,6 +17,7 @@ NS_HOME2=$P-home2 NS_HNAT2=$P-hnat2
 HOME2_NS=("$NS_HOME2" "$NS_HNAT2" "$P-c4" "$P-c5")
 HOME2_UP=""
 
+BR0_MAC=02:00:00:00:02:01       # the internet router's bridge (fixed: see topo_up)
 RELAY_V4=203.0.113.10 RELAY_V6=2001:db8:1::10 RELAY_NAME=relay.e2e.test RELAY_PORT=1234
 CGN_PUBLIC=198.51.100.2
 ATK_NET=198.18.0.0/21 ATK_BASE=198.18.0.1 ATK_SOURCES=2000   # the attacker's spoofed sources (2047 usable)
@@ -116,7 +117,10 @@ topo_up() {
   addr "$NS_NET" cgn0 198.51.100.1/24
   addr "$NS_NET" rly0 203.0.113.1/24
   addr "$NS_NET" rly0 2001:db8:1::1/64
-  ip -n "$NS_NET" link add br0 type bridge
+  # A fixed MAC: a bridge without one takes its lowest port's, so home2_up's new ports could change it, and a
+  # client whose ARP entry still names another port's MAC is then dropped as "other host" (PACKET_OTHERHOST)
+  # until that entry expires (15-45 s): c1 lost the relay that way in about one full run in four.
+  ip -n "$NS_NET" link add br0 address "$BR0_MAC" type bridge
   ip -n "$NS_NET" link set br0 up
   addr "$NS_NET" br0 192.0.2.1/24
   addr "$NS_NET" br0 2001:db8:2::1/64
@@ -187,6 +191,8 @@ home2_up() {
     addr "$ns" eth0 "192.0.2.1$c/24"
     ip -n "$ns" route add default via 192.0.2.1
   done
+  # the clients of home a keep their ARP entries for 192.0.2.1 (see topo_up)
+  ip -n "$NS_NET" -o link show br0 | grep -qF " $BR0_MAC " || { log "br0's MAC changed as ports were added"; return 1; }
   mkdir -p "/etc/netns/$NS_HOME2"
   cp "/etc/netns/$NS_HOME/hosts" "/etc/netns/$NS_HOME2/hosts"
   for c in srvb srvc 4 5; do
@@ -270,6 +276,31 @@ wg_endpoint() {
 # srv_endpoint N: the endpoint the WireGuard server currently has for client cN ("(none)" if none).
 srv_endpoint() {
   nsx "$NS_HOME" wg show "$WG_SRV_IF" endpoints | awk -v k="$(cat "$TMPD/keys/$1.pub")" '$1 == k { print $2 }'
+}
+
+# client_diag N DST: what a client that cannot reach DST looks like, into $SD/diag-cN.log: its addresses, routes,
+# neighbours, sockets and WireGuard state, the internet router's and the relay's view, and (if tcpdump is there)
+# 6 s of packets on the client's and the relay's cables while it pings once more.
+client_diag() {
+  local ns=$P-c$1 f=$SD/diag-c$1.log t
+  {
+    echo "== $ns"; ip -n "$ns" addr; ip -n "$ns" route; ip -n "$ns" neigh; nsx "$ns" ss -uanp
+    nsx "$ns" wg show all
+    echo "== $NS_NET"; ip -n "$NS_NET" neigh; ip -n "$NS_NET" link show br0; bridge -n "$NS_NET" fdb show br br0
+    echo "== $NS_RELAY"; ip -n "$NS_RELAY" neigh; nsx "$NS_RELAY" ss -uanp
+  } >"$f" 2>&1
+  command -v tcpdump >/dev/null || return 0
+  for t in "$ns" "$NS_RELAY"; do
+    bg_start "diag-$t" "$f.$t" "$t" timeout 6 tcpdump -n -e -l -i eth0 -c 60 "ip or arp"
+  done
+  sleep 0.3
+  ping_ok "$ns" "$2" 5 || true
+  for t in "$ns" "$NS_RELAY"; do
+    wait_until 7 eval "! alive diag-$t" || true
+    bg_stop "diag-$t"
+    { echo "== tcpdump in $t"; cat "$f.$t"; } >>"$f"
+    rm -f "$f.$t"
+  done
 }
 
 # ---- the agents under test ---------------------------------------------------------------------
