@@ -78,7 +78,7 @@ impl Inside {
 
     fn relay_says(&mut self, id: u32, kind: Kind, counter: u64) -> Vec<Action> {
         let msg = Message::new(kind, Instance([7; 16]), id, counter);
-        self.input(Input::Tunnel(id, Event::Control(msg)))
+        self.input(Input::Tunnel(id, Event::Control(Box::new(msg))))
     }
 
     fn sent(&self, actions: &[Action]) -> Vec<(u32, Kind)> {
@@ -150,7 +150,7 @@ fn a_challenge_is_answered_with_its_cookie_and_an_ack_registers_the_spare() {
     i.resolved();
     let mut challenge = Message::new(Kind::Challenge, Instance([7; 16]), 1, 1);
     challenge.cookie = [9; 8];
-    let a = i.input(Input::Tunnel(1, Event::Control(challenge)));
+    let a = i.input(Input::Tunnel(1, Event::Control(Box::new(challenge))));
     let Action::Send { msg, to, .. } = &a[0] else {
         panic!("{a:?}")
     };
@@ -241,15 +241,15 @@ fn the_client_an_ack_names_is_said_in_keepalives_and_responses_and_only_a_freshe
     ack.active = true;
     ack.client = Some(client);
     ack.answered = true;
-    i.input(Input::Tunnel(1, Event::Control(ack)));
+    i.input(Input::Tunnel(1, Event::Control(Box::new(ack))));
     // A replayed older ack that says another client (or none) changes nothing.
     let mut old = ack;
     old.counter = ka.counter - 1;
     old.client = Some("203.0.113.66:1".parse().unwrap());
-    i.input(Input::Tunnel(1, Event::Control(old)));
+    i.input(Input::Tunnel(1, Event::Control(Box::new(old))));
     let mut challenge = Message::new(Kind::Challenge, Instance([7; 16]), 1, 1);
     challenge.cookie = [3; 8];
-    let a = i.input(Input::Tunnel(1, Event::Control(challenge)));
+    let a = i.input(Input::Tunnel(1, Event::Control(Box::new(challenge))));
     let Action::Send { msg, .. } = &a[0] else {
         panic!("{a:?}")
     };
@@ -287,7 +287,7 @@ fn waiting_clients_at_the_relay_make_it_open_that_many_spares_at_once_within_n()
     i.resolved();
     let mut ack = Message::new(Kind::Ack, Instance([7; 16]), 1, 1);
     ack.waiting = 9;
-    let a = i.input(Input::Tunnel(1, Event::Control(ack)));
+    let a = i.input(Input::Tunnel(1, Event::Control(Box::new(ack))));
     assert_eq!(opened(&a), vec![2, 3, 4, 5, 6], "-n 6 in all");
 }
 
@@ -534,7 +534,7 @@ impl World {
             let ev = if t.data.len() == LEN && t.data[5] == Kind::AuthFail as u8 {
                 Event::AuthFail
             } else if let Ok(m) = self.inside.key.open(&t.data) {
-                Event::Control(m)
+                Event::Control(Box::new(m))
             } else {
                 Event::Activated // data: a client's first datagram (or a later one, the same to the coordinator)
             };
@@ -644,7 +644,9 @@ impl World {
                     if kind != Kind::Ack {
                         m.waiting = 0;
                     }
-                    let a = self.inside.input(Input::Tunnel(id, Event::Control(m)));
+                    let a = self
+                        .inside
+                        .input(Input::Tunnel(id, Event::Control(Box::new(m))));
                     self.perform(a)
                 } else {
                     Ok(())

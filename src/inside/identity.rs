@@ -42,12 +42,15 @@ impl Identity {
     }
 
     /// Seal a fresh inside→relay message: the counter strictly increases across all tunnels of the run.
+    /// Inlined (as `seal_claim`): a tunnel thread's probe seals at the bottom of its stack (tunnel.rs, `probe`).
+    #[inline(always)]
     pub fn seal(&self, kind: Kind, tunnel: u32, active: bool, cookie: [u8; 8]) -> [u8; LEN] {
         self.seal_claim(kind, tunnel, &Claim::active(active), cookie)
             .1
     }
 
     /// Seal a fresh inside→relay message that says `claim`; its counter, and the message.
+    #[inline(always)]
     pub fn seal_claim(
         &self,
         kind: Kind,

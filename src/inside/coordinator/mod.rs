@@ -35,8 +35,10 @@ const REREGISTER_EVERY: Duration = Duration::from_secs(1);
 /// What a tunnel thread tells the coordinator (with its tunnel number).
 #[derive(Debug)]
 pub enum Event {
-    /// An authenticated message from the relay.
-    Control(Message),
+    /// An authenticated message from the relay. Boxed: an event crosses the tunnel thread's stack and the
+    /// coordinator's channel by value, and a 120-byte message in every event would cost each of 1000 tunnel threads
+    /// a stack page of its own (docs/BENCHMARKS.md, memory).
+    Control(Box<Message>),
     /// The relay's unauthenticated "your MAC failed" notice.
     AuthFail,
     /// The first datagram of a client arrived: the tunnel is no longer a spare.
@@ -220,7 +222,7 @@ impl Coordinator {
 
     fn on_tunnel(&mut self, now: Instant, id: u32, event: Event, out: &mut Vec<Action>) {
         match event {
-            Event::Control(msg) => self.on_control(now, id, msg, out),
+            Event::Control(msg) => self.on_control(now, id, *msg, out),
             Event::AuthFail => {
                 // The notice is unauthenticated: believed only while the relay has not answered us lately,
                 // so nobody can make a working agent log that its key is wrong.
