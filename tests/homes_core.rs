@@ -274,17 +274,32 @@ fn an_initiation_for_another_home_takes_back_an_address_held_for_a_replayed_keep
     let (_, out) = r.send(addr(50), &keepalive);
     assert_eq!(out.len(), 1, "a challenge to the claimed address");
     assert_eq!(r.relay.owner(&addr(50)), Some("a"));
-    // b's client there is b's at its first initiation, not held for a's tunnel for 10 s.
+    // Data from there waits for the challenge's answer.
+    assert_eq!(r.send(addr(50), b"held for a").0, None);
+    // b's client there is b's at its first initiation, not held for a's tunnel for 10 s; what a held is dropped,
+    // and counted.
     assert_eq!(r.send(addr(50), &initiation(B, 1)).0, Some(addr(20)));
     assert_eq!(r.relay.owner(&addr(50)), Some("b"));
-    assert_eq!(r.relay.home("a").unwrap().table().active(), 0);
+    let ha = r.relay.home("a").unwrap();
+    assert_eq!((ha.table().active(), ha.drops().unrouted.get()), (0, 1));
     // Data from there is b's client's.
     assert_eq!(r.send(addr(50), b"transport").0, Some(addr(20)));
     // Had a's tunnel really moved there, its answer to the challenge takes the address back (the proof wins).
     a.tunnels[0].addr = addr(50);
     let challenge = only(&out, addr(50));
     let (_, response) = a.receive(addr(50), &challenge).expect("a challenge");
-    r.send(addr(50), &response);
+    let (_, out) = r.send(addr(50), &response);
     assert_eq!(r.relay.owner(&addr(50)), Some("a"));
+    // b's tunnel that took the spoofed client is dropped (told at its own address, in b's key).
+    assert_eq!(r.relay.home("b").unwrap().table().active(), 0);
+    let dropped: Vec<Message> = out
+        .iter()
+        .filter(|t| t.to == addr(20))
+        .filter_map(|t| Key::new(KEY_B).open(&t.data).ok())
+        .collect();
+    assert_eq!(
+        dropped.iter().map(|m| m.kind).collect::<Vec<_>>(),
+        vec![Kind::Drop]
+    );
     r.relay.check().unwrap();
 }

@@ -405,8 +405,14 @@ impl Home {
         self.reply(tun.addr, &m, out);
     }
 
-    /// A tunnel of another home proved itself at `addr`: whatever of this home was there is dropped.
+    /// Another home takes `addr` (its tunnel proved itself there, or its initiation came from an address this home
+    /// only binds unproven or holds): whatever of this home was there is dropped. Datagrams held for the address
+    /// are counted as unrouted, as when a hold expires.
     pub(super) fn release(&mut self, now: Instant, addr: SocketAddr, out: &mut Vec<Transmit>) {
+        let held = self.table.held_datagrams(&addr);
+        if held > 0 {
+            self.drops.unrouted.add(held as u64);
+        }
         let Some(t) = self.table.release(addr) else {
             return;
         };

@@ -449,8 +449,8 @@ fn on_control(
     }
 }
 
-/// An initiation from an address home `h` holds for a client that never got an answer (or that waits for a
-/// spare), whose mac1 verifies not for `h` but for another home: the binding in `h` came from an initiation for
+/// An initiation from an address home `h` binds to a client that never got an answer (or holds for one that waits
+/// for a spare), whose mac1 verifies not for `h` but for another home: the binding in `h` came from an initiation for
 /// `h` from that address, which anyone who knows `h`'s public key can make with a spoofed source. So `h` lets the
 /// address go (its tunnel there is dropped, as one reclaimed), and the initiation is admitted as new. The same for
 /// an address `h` holds as its tunnel's possible new address (a keepalive of `h`'s agent seen there, unproven: a

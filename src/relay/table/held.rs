@@ -136,6 +136,11 @@ impl Table {
         self.held.by_addr.contains_key(addr)
     }
 
+    /// How many datagrams are held for `addr`.
+    pub fn held_datagrams(&self, addr: &SocketAddr) -> usize {
+        self.held.by_addr.get(addr).map_or(0, |h| h.datagrams.len())
+    }
+
     pub fn waiting(&self) -> usize {
         self.held.waiting.len()
     }
