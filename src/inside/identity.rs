@@ -50,7 +50,7 @@ impl Identity {
     }
 
     /// Seal a fresh inside→relay message that says `claim`; its counter, and the message.
-    #[inline(always)]
+    #[inline(always)] // see `seal`
     pub fn seal_claim(
         &self,
         kind: Kind,

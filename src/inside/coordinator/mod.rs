@@ -36,8 +36,8 @@ const REREGISTER_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum Event {
     /// An authenticated message from the relay. Boxed: an event crosses the tunnel thread's stack and the
-    /// coordinator's channel by value, and a 120-byte message in every event would cost each of 1000 tunnel threads
-    /// a stack page of its own (docs/BENCHMARKS.md, memory).
+    /// coordinator's channel by value, and a 120-byte message in every event was part of what cost each tunnel
+    /// thread a third stack page (docs/BENCHMARKS.md, memory).
     Control(Box<Message>),
     /// The relay's unauthenticated "your MAC failed" notice.
     AuthFail,
