@@ -282,7 +282,8 @@ srv_endpoint() {
 # neighbours, sockets and WireGuard state, the internet router's and the relay's view, and (if tcpdump is there)
 # 6 s of packets on the client's and the relay's cables while it pings once more.
 client_diag() {
-  local ns=$P-c$1 f=$SD/diag-c$1.log t
+  local ns=$P-c$1 f=$SD/diag-c$1.log t filter="host 192.0.2.1$1 or arp"
+  [[ $1 == 6 ]] && filter="host 2001:db8:2::16 or icmp6"   # only the client's packets (not floods, keepalives)
   {
     echo "== $ns"; ip -n "$ns" addr; ip -n "$ns" route; ip -n "$ns" neigh; nsx "$ns" ss -uanp
     nsx "$ns" wg show all
@@ -291,7 +292,7 @@ client_diag() {
   } >"$f" 2>&1
   command -v tcpdump >/dev/null || return 0
   for t in "$ns" "$NS_RELAY"; do
-    bg_start "diag-$t" "$f.$t" "$t" timeout 6 tcpdump -n -e -l -i eth0 -c 60 "ip or arp"
+    bg_start "diag-$t" "$f.$t" "$t" timeout 6 tcpdump -n -e -l -i eth0 -c 60 "$filter"
   done
   sleep 0.3
   ping_ok "$ns" "$2" 5 || true
